@@ -1,0 +1,48 @@
+"""The batch contract every loader backend yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ViewGroup:
+    """``n`` crops at ``size`` x ``size`` with random-resized-crop ``scale`` and ``ratio`` ranges."""
+
+    n: int
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+
+
+def view_groups(views) -> list[ViewGroup]:
+    """The resolution groups of a resolved ``ViewsConfig``: globals first, then locals."""
+    groups = [ViewGroup(views.n_global, views.global_size, tuple(views.global_scale), tuple(views.ratio))]
+    if views.n_local:
+        groups.append(ViewGroup(views.n_local, views.local_size, tuple(views.local_scale), tuple(views.ratio)))
+    return groups
+
+
+@dataclass
+class Batch:
+    """One batch of views, geometry applied, photometry not.
+
+    ``views[g]`` is a uint8 tensor (n_g, B, 3, S_g, S_g) for resolution group g, view-major so
+    that ``views[g].flatten(0, 1)`` lists view 0 of every image, then view 1, and so on.
+    ``labels`` is -1 for unlabelled data; ``indices`` are dataset sample indices.
+    """
+
+    views: list[torch.Tensor]
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        nb = device.type == "cuda"
+        return Batch([v.to(device, non_blocking=nb) for v in self.views],
+                     self.labels.to(device, non_blocking=nb), self.indices.to(device, non_blocking=nb))
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])

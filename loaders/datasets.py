@@ -1,0 +1,174 @@
+"""Dataset discovery: the default CIFAR-10, ImageFolder trees with splits, flat folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+TRAIN_SPLITS = ("train",)
+EVAL_SPLITS = ("val", "test")
+CIFAR_ARCHIVE = "cifar10-jpeg.tar.gz"
+
+
+class DataError(ValueError):
+    """Data that cannot be used: the message is one line saying what and how to fix it."""
+
+
+@dataclass
+class Split:
+    files: list[str]
+    labels: list[int]  # -1 for unlabelled images
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, n: int, seed: int) -> "Split":
+        if not n or n >= len(self.files):
+            return self
+        keep = np.sort(np.random.default_rng([seed, 0x5EED]).permutation(len(self.files))[:n])
+        return Split([self.files[i] for i in keep], [self.labels[i] for i in keep])
+
+
+@dataclass
+class Dataset:
+    root: str
+    train: Split
+    test: Split | None
+    classes: list[str]
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("SSLIGHT_DATA") or Path.home() / ".cache" / "sslight")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _folder_split(path: Path) -> tuple[Split, list[str]]:
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for root, _, names in sorted(os.walk(path / name)):
+            for f in sorted(names):
+                if _is_image(f):
+                    files.append(os.path.join(root, f))
+                    labels.append(label)
+    return Split(files, labels), classes
+
+
+def _flat_split(path: Path) -> Split:
+    files = sorted(str(p) for p in path.iterdir() if p.is_file() and _is_image(p.name))
+    return Split(files, [-1] * len(files))
+
+
+def discover(path: str | Path) -> Dataset:
+    """A folder with train/ and val/ or test/ subtrees, a plain ImageFolder tree, or flat images."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"data.path={str(path)!r}: no such folder; allowed: a folder with train/ (and val/ or "
+                        "test/), an ImageFolder tree, or a folder of images")
+    subdirs = {d.name.lower(): d for d in path.iterdir() if d.is_dir()}
+    train_dir = next((subdirs[s] for s in TRAIN_SPLITS if s in subdirs), None)
+    if train_dir is not None:
+        train, classes = _folder_split(train_dir)
+        test_dir = next((subdirs[s] for s in EVAL_SPLITS if s in subdirs), None)
+        test = None
+        if test_dir is not None:
+            test, test_classes = _folder_split(test_dir)
+            if test_classes != classes:
+                raise DataError(f"data.path={str(path)!r}: classes of {test_dir.name}/ differ from train/")
+        dataset = Dataset(str(path), train, test, classes)
+    else:
+        train, classes = _folder_split(path)
+        if not len(train):
+            train, classes = _flat_split(path), []
+        dataset = Dataset(str(path), train, None, classes)
+    if not len(dataset.train):
+        raise DataError(f"data.path={str(path)!r}: found no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return dataset
+
+
+def common_image_size(split: Split, probe: int = 32) -> int | None:
+    """The side of the images if the first ``probe`` are all the same square size, else None."""
+    sizes = set()
+    for f in split.files[:probe]:
+        try:
+            with Image.open(f) as im:
+                sizes.add(im.size)
+        except OSError:
+            continue
+    if len(sizes) == 1:
+        w, h = sizes.pop()
+        if w == h:
+            return w
+    return None
+
+
+def _extract(archive: Path, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        os.replace(tmp, target)  # atomic: a half-extracted tree is never taken for the dataset
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download_cifar10(target: Path) -> None:
+    import torchvision
+
+    raw = target.parent / "cifar10-download"
+    tmp = Path(tempfile.mkdtemp(prefix=".cifar-", dir=target.parent))
+    try:
+        for split, train in (("train", True), ("test", False)):
+            ds = torchvision.datasets.CIFAR10(raw, train=train, download=True)
+            counts: dict[int, int] = {}
+            for image, label in ds:
+                folder = tmp / split / ds.classes[label]
+                folder.mkdir(parents=True, exist_ok=True)
+                image.save(folder / f"{counts.get(label, 0):04d}.jpg", quality=95)
+                counts[label] = counts.get(label, 0) + 1
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(raw, ignore_errors=True)
+
+
+def prepare_cifar10(root: Path | None = None) -> Path:
+    """The CIFAR-10 ImageFolder tree in the data directory, prepared on first use."""
+    root = root or data_root()
+    target = root / "cifar10"
+    if (target / "train").is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / CIFAR_ARCHIVE
+    if archive.exists():
+        _extract(archive, target)
+        return target
+    try:
+        _download_cifar10(target)
+    except Exception as exc:  # offline, or the download failed half-way
+        raise DataError(
+            f"CIFAR-10 is not prepared in {root} and could not be downloaded ({type(exc).__name__}); "
+            f"put {CIFAR_ARCHIVE} in {root}, set SSLIGHT_DATA to a folder holding it, or pass DATA=/path"
+        ) from None
+    return target
+
+
+def load_dataset(path: str, limit: int = 0, seed: int = 0) -> Dataset:
+    dataset = discover(path or prepare_cifar10())
+    dataset.train = dataset.train.subset(limit, seed)
+    return dataset

@@ -1,0 +1,3 @@
+from sslight.cli import main
+
+raise SystemExit(main())

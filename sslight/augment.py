@@ -1,0 +1,139 @@
+"""Photometric augmentation, batched on the training device (DESIGN.md sections 1 and 2).
+
+Loaders hand over uint8 views with geometry applied; everything photometric happens here,
+once, for every backend. Per sample, colour jitter and greyscale are composed into one 3x3
+colour matrix plus an offset and applied with a single batched matmul; blur is a separable
+Gaussian with a per-sample kernel (an identity kernel where blur is off), so a group of views
+is augmented with a fixed number of tensor ops and no host synchronisation.
+
+Where this departs from torchvision's ``ColorJitter`` (documented, by design):
+- the jitter order is fixed (brightness, contrast, saturation, hue), not shuffled per call;
+- hue is a rotation of the chroma plane in YIQ space, a linear approximation of the HSV hue
+  shift (the same choice as DALI's ``hsv`` operator); it keeps luma exactly and differs from
+  HSV hue most for saturated colours;
+- values are clamped to [0, 1] once at the end, not after each jitter op.
+Blur sigma is drawn from U(0.1, 2.0) pixels at the 224 px reference and scaled with the
+global view size, so small images (CIFAR) keep the blur's relative strength.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)
+REFERENCE_SIZE = 224
+SIGMA_RANGE = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 128 / 255
+
+
+@dataclass(frozen=True)
+class ViewPhotometry:
+    jitter: tuple[float, float, float, float]  # brightness, contrast, saturation, hue strengths
+    jitter_p: float
+    grey_p: float
+    blur_p: float
+    solarize_p: float
+
+
+def method_photometry(method: str, n_global: int, n_local: int) -> list[ViewPhotometry]:
+    """Per-view settings in view order (globals, then locals), DESIGN.md section 1."""
+    if method == "swav":
+        view = ViewPhotometry((0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.0)
+        return [view] * (n_global + n_local)
+    jitter = (0.4, 0.4, 0.2, 0.1)
+    first = ViewPhotometry(jitter, 0.8, 0.2, 1.0, 0.0)
+    second = ViewPhotometry(jitter, 0.8, 0.2, 0.1, 0.2)
+    local = ViewPhotometry(jitter, 0.8, 0.2, 0.5, 0.0)
+    globals_ = [first, second] + [local] * max(0, n_global - 2)
+    return globals_[:n_global] + [local] * n_local
+
+
+def _yiq() -> tuple[torch.Tensor, torch.Tensor]:
+    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    return rgb_to_yiq, torch.linalg.inv(rgb_to_yiq)
+
+
+class Photometric:
+    """Augments one resolution group of views: uint8 (n, B, 3, S, S) -> normalised (n*B, 3, S, S)."""
+
+    def __init__(self, settings: list[ViewPhotometry], global_size: int, device: torch.device,
+                 dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        # one row per view: jitter strengths (4), jitter_p, grey_p, blur_p, solarize_p
+        self.table = torch.tensor([[*s.jitter, s.jitter_p, s.grey_p, s.blur_p, s.solarize_p] for s in settings],
+                                  device=device)
+        self.sigma_scale = global_size / REFERENCE_SIZE
+        self.max_radius = math.ceil(3 * SIGMA_RANGE[1] * self.sigma_scale)
+        f = dict(device=device)
+        self.mean = torch.tensor(IMAGENET_MEAN, **f).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, **f).view(1, 3, 1, 1)
+        self.luma = torch.tensor(LUMA, **f)
+        self.grey = torch.ones(3, 1, **f) @ self.luma.view(1, 3)
+        self.rgb_to_yiq, self.yiq_to_rgb = (m.to(device) for m in _yiq())
+
+    def colour_matrices(self, u: torch.Tensor, strengths: torch.Tensor, jitter_p: torch.Tensor,
+                        grey_p: torch.Tensor, mean_rgb: torch.Tensor):
+        """Per-sample (M, o) so that jitter then greyscale is ``M @ rgb + o``."""
+        n = u.shape[0]
+        eye = torch.eye(3, device=self.device).expand(n, 3, 3)
+        on = (u[:, 0] < jitter_p).float()
+        factor = lambda col, k: 1 + on * strengths[:, k] * (2 * u[:, col] - 1)  # noqa: E731
+        brightness, contrast, saturation = factor(1, 0), factor(2, 1), factor(3, 2)
+        hue = on * strengths[:, 3] * (2 * u[:, 4] - 1)
+
+        m = brightness.view(n, 1, 1) * eye
+        # contrast blends with the mean grey level of the image as it is at this point
+        mean_grey = (m @ mean_rgb.unsqueeze(-1)).squeeze(-1) @ self.luma
+        c = contrast.view(n, 1, 1)
+        o = ((1 - contrast) * mean_grey).view(n, 1).expand(n, 3)
+        m = c * m
+        s = saturation.view(n, 1, 1)
+        sat = s * eye + (1 - s) * self.grey
+        m, o = sat @ m, (sat @ o.unsqueeze(-1)).squeeze(-1)
+        angle = hue * 2 * math.pi
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rot = torch.zeros(n, 3, 3, device=self.device)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        hue_m = self.yiq_to_rgb @ rot @ self.rgb_to_yiq
+        m, o = hue_m @ m, (hue_m @ o.unsqueeze(-1)).squeeze(-1)
+        grey_on = (u[:, 5] < grey_p).view(n, 1, 1)
+        g = torch.where(grey_on, self.grey.expand(n, 3, 3), eye)
+        return g @ m, (g @ o.unsqueeze(-1)).squeeze(-1)
+
+    def blur(self, x: torch.Tensor, u_on: torch.Tensor, u_sigma: torch.Tensor, blur_p: torch.Tensor):
+        n, ch, h, w = x.shape
+        radius = min(self.max_radius, h - 1, w - 1)
+        if radius < 1:
+            return x
+        sigma = (SIGMA_RANGE[0] + (SIGMA_RANGE[1] - SIGMA_RANGE[0]) * u_sigma) * self.sigma_scale
+        taps = torch.arange(-radius, radius + 1, device=self.device, dtype=x.dtype)
+        kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+        kernel = kernel / kernel.sum(1, keepdim=True)
+        identity = (taps == 0).to(x.dtype).expand_as(kernel)
+        kernel = torch.where((u_on < blur_p).view(-1, 1), kernel, identity)
+        kernel = kernel.repeat_interleave(ch, 0)  # one kernel per (sample, channel)
+        planes = x.reshape(1, n * ch, h, w)
+        planes = torch.nn.functional.pad(planes, (radius, radius, radius, radius), mode="reflect")
+        planes = torch.nn.functional.conv2d(planes, kernel.view(n * ch, 1, 1, -1), groups=n * ch)
+        planes = torch.nn.functional.conv2d(planes, kernel.view(n * ch, 1, -1, 1), groups=n * ch)
+        return planes.view(n, ch, h, w)
+
+    def __call__(self, views: torch.Tensor, first_view: int, generator: torch.Generator) -> torch.Tensor:
+        n_views, batch = views.shape[:2]
+        table = self.table[first_view:first_view + n_views].repeat_interleave(batch, 0)
+        x = views.flatten(0, 1).float().div_(255)
+        n, _, h, w = x.shape
+        u = torch.rand(n, 9, generator=generator, device=self.device)
+        m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], x.mean((2, 3)))
+        x = torch.baddbmm(o.unsqueeze(-1), m, x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 1)
+        x = self.blur(x, u[:, 6], u[:, 7], table[:, 6])
+        solarize = (u[:, 8] < table[:, 7]).view(n, 1, 1, 1)
+        x = torch.where(solarize & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last).to(self.dtype)

@@ -1,0 +1,61 @@
+"""Checkpoints written atomically (temp file, fsync, rename); the newest complete one resumes."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+KEEP = 2  # the newest complete checkpoints kept; older ones are removed after a new one lands
+
+
+def name(epoch: int, step: int) -> str:
+    return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """Write ``obj`` so that ``path`` either does not exist or holds the whole object."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def complete(out: Path) -> list[Path]:
+    """Complete checkpoints in ``out``, oldest first (temp files never match the pattern)."""
+    found = [(int(m.group(2)), int(m.group(1)), p) for p in out.glob("ckpt-*.pt") if (m := PATTERN.match(p.name))]
+    return [p for *_, p in sorted(found)]
+
+
+def save(obj, out: Path, epoch: int, step: int) -> Path:
+    path = out / name(epoch, step)
+    save_atomic(obj, path)
+    for old in complete(out)[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest(out: Path) -> Path | None:
+    found = complete(out)
+    return found[-1] if found else None
+
+
+def load(path: Path, device: torch.device) -> dict:
+    return torch.load(path, map_location=device, weights_only=False)

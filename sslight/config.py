@@ -1,0 +1,310 @@
+"""The run configuration: plain dataclasses, dotted overrides, validation.
+
+Every key here is read by the code. Values left as ``"auto"`` are filled by
+:mod:`sslight.recipes` (method and recipe presets) and by :func:`resolve`
+(dataset-dependent sizes) before the run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = ("mnv2", "r18", "r34", "r50", "vit_t16", "vit_t32", "vit_s16")
+METHODS = ("dino", "swav", "moco")
+RECIPES = ("baseline", "sslight")
+LOADERS = ("pil",)
+AUTO = "auto"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message is one line naming key, value and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # "" = CIFAR-10 prepared in $SSLIGHT_DATA
+    loader: str = "pil"
+    workers: int = 2
+    limit: int = 0  # train on the first N images of a seeded shuffle; 0 = all
+
+
+@dataclass
+class ViewsConfig:
+    n_global: int = 2
+    global_size: int | str = AUTO  # auto = the image size for small images, else 224
+    global_scale: tuple[float, float] = (0.3, 1.0)
+    n_local: int = 6
+    local_size: int | str = 128  # a recipe value is defined for 224 px globals and scaled with them
+    local_scale: tuple[float, float] = (0.05, 0.3)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mnv2"
+    small_stem: bool | str = AUTO  # auto = on when globals are 64 px or smaller
+
+
+@dataclass
+class LossConfig:
+    alpha: float | str = 0.4  # or auto = P_gg / (P_gg + P_gl), the plain average over pairs
+
+
+@dataclass
+class OptimConfig:
+    name: str = AUTO  # lars for CNNs, adamw for ViTs
+    lr: float | str = AUTO  # base lr per 256 images
+    min_lr: float = 0.0
+    weight_decay: float | str = AUTO
+    weight_decay_end: float | str = AUTO
+    warmup_epochs: float = 10.0
+    momentum: float = 0.9  # LARS
+    eta: float = 0.001  # LARS trust coefficient
+    clip_grad: float = 0.0  # 0 = off
+
+
+@dataclass
+class DinoConfig:
+    out_dim: int | str = AUTO
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool | str = AUTO
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int | str = AUTO
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996
+    freeze_last_layer: int = 1
+
+
+@dataclass
+class SwavConfig:
+    hidden_dim: int = 4096
+    out_dim: int = 128
+    n_prototypes: int = 3000
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    queue_length: int = 0  # 0 = no queue
+    epoch_queue_starts: int = 15
+    freeze_prototypes_epochs: int = 1
+
+
+@dataclass
+class MocoConfig:
+    hidden_dim: int = 2048
+    out_dim: int = 128
+    queue_length: int = 65536
+    temperature: float = 0.2
+    momentum: float = 0.999
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = False
+    lr: float = 0.1
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # kNN every N epochs and at the end; 0 = only at the end
+    k: int = 20
+    temperature: float = 0.07
+    bank_limit: int = 0  # 0 = the whole train split
+    query_limit: int = 0  # 0 = the whole test split
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    steps: int = 0  # stop after N optimiser steps; 0 = run all epochs
+    seed: int = 0
+    out: str = AUTO  # auto = runs/<model>_<method>_<recipe>
+    resume: str = ""  # "" = start fresh, auto = newest checkpoint in out, or a path
+    device: str = AUTO
+    compile: bool | str = AUTO  # auto = on for CUDA, off for CPU
+    precision: str = AUTO  # auto = bf16 on CUDA; on CPU by model family (measured)
+    log_every: int = 10
+    ckpt_every: int = 0  # extra checkpoint every N steps; 0 = once per epoch
+
+
+@dataclass
+class Config:
+    method: str = "dino"
+    recipe: str = "sslight"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    swav: SwavConfig = field(default_factory=SwavConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "method": METHODS,
+    "recipe": RECIPES,
+    "model.name": MODELS,
+    "data.loader": LOADERS,
+    "optim.name": (AUTO, "lars", "adamw"),
+    "train.device": (AUTO, "cpu", "cuda"),
+    "train.precision": (AUTO, "fp32", "bf16"),
+}
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key with its declared type."""
+    cls = type(cfg) if cfg is not None else Config
+    hints = typing.get_type_hints(cls)
+    keys = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.update(all_keys(getattr(cfg, f.name) if cfg else hints[f.name](), f"{prefix}{f.name}."))
+        else:
+            keys[prefix + f.name] = hints[f.name]
+    return keys
+
+
+def _closest(word: str, options) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={text!r}: expected a boolean (true/false)")
+
+
+def parse_value(key: str, text: str, typ: Any) -> Any:
+    """Turn the text of an override into the declared type of ``key``."""
+    args = typing.get_args(typ)
+    if str in args and text.lower() == AUTO:
+        return AUTO
+    base = next((a for a in args if a is not str), typ) if args and typing.get_origin(typ) is not tuple else typ
+    try:
+        if typing.get_origin(base) is tuple:
+            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+            if len(parts) != 2:
+                raise ValueError
+            return tuple(float(p) for p in parts)
+        if base is bool:
+            return _parse_bool(key, text)
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(base, "a pair 'min,max'")
+        extra = " or 'auto'" if str in args else ""
+        raise ConfigError(f"{key}={text!r}: expected {kind}{extra}") from None
+    return text
+
+
+def get(cfg: Config, key: str) -> Any:
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    obj = cfg
+    for part in path:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. views.n_local=10")
+    key, text = item.split("=", 1)
+    return key.strip(), text.strip()
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> set[str]:
+    """Apply ``key=value`` overrides in order; returns the keys that were set."""
+    keys = all_keys()
+    seen = set()
+    for item in overrides:
+        key, text = split_override(item)
+        if key not in keys:
+            raise ConfigError(f"unknown key '{key}'{_closest(key, keys)}")
+        value = parse_value(key, text, keys[key])
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(
+                f"{key}={text!r} is not one of {', '.join(CHOICES[key])}{_closest(text, CHOICES[key])}"
+            )
+        set_key(cfg, key, value)
+        seen.add(key)
+    return seen
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    for key, typ in all_keys().items():
+        value = data
+        for part in key.split("."):
+            value = value[part]
+        set_key(cfg, key, tuple(value) if isinstance(value, list) else value)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need no data; raises ConfigError with a one-line message."""
+    v = cfg.views
+
+    def scale_ok(key, pair, low=0.0, high=1.0):
+        a, b = pair
+        if not (low < a <= b <= high):
+            raise ConfigError(f"{key}=({a:g}, {b:g}): need {low:g} < min <= max <= {high:g}")
+
+    scale_ok("views.global_scale", v.global_scale)
+    scale_ok("views.local_scale", v.local_scale)
+    scale_ok("views.ratio", v.ratio, 0.0, 100.0)
+    for key in ("views.n_global", "views.n_local"):
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
+    if v.n_global < 2 and cfg.method in ("dino", "swav", "moco"):
+        raise ConfigError(f"views.n_global={v.n_global}: {cfg.method} needs at least 2 global views")
+    for key in ("views.global_size", "views.local_size"):
+        size = get(cfg, key)
+        if size != AUTO and size < 8:
+            raise ConfigError(f"{key}={size}: must be at least 8 pixels or 'auto'")
+    if v.global_size != AUTO and v.local_size != AUTO and v.local_size > v.global_size and v.n_local:
+        raise ConfigError(
+            f"views.local_size={v.local_size}: must not be larger than views.global_size={v.global_size}"
+        )
+    alpha = cfg.loss.alpha
+    if alpha != AUTO and not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"loss.alpha={alpha}: must be in [0, 1] or 'auto'")
+    for key in ("train.steps", "data.workers", "data.limit", "train.ckpt_every",
+                "eval.every", "eval.bank_limit", "eval.query_limit", "optim.warmup_epochs",
+                "optim.clip_grad", "moco.queue_length", "swav.queue_length"):
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
+    for key in ("train.batch_size", "train.log_every", "eval.k"):
+        if get(cfg, key) < 1:
+            raise ConfigError(f"{key}={get(cfg, key)}: must be >= 1")
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= 1")
+    if cfg.train.resume not in ("", AUTO) and not cfg.train.resume.endswith(".pt"):
+        raise ConfigError(f"train.resume={cfg.train.resume!r}: expected '', 'auto' or a .pt checkpoint path")

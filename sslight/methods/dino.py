@@ -1,0 +1,51 @@
+"""DINO: a student matches an EMA teacher's centred, sharpened outputs across views."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from sslight.losses import cross_entropy_pairs, pair_weights, weighted_pair_loss
+from sslight.methods.base import Method, StepContext
+from sslight.models import DinoHead, Encoder
+from sslight.optim import ema_update
+
+
+class Dino(Method):
+    def __init__(self, cfg, backbone, n_global: int, n_local: int):
+        super().__init__(cfg, n_global, n_local)
+        d = cfg.dino
+        head = DinoHead(backbone.num_features, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.use_bn_in_head)
+        self.student = Encoder(backbone, head)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, d.out_dim))
+        views = n_global + n_local
+        self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
+                                                     cfg.loss.alpha), persistent=False)
+
+    def loss(self, groups, ctx: StepContext):
+        d = self.cfg.dino
+        batch = groups[0].shape[0] // self.n_global
+        feats, student_out = self.student(groups)
+        with torch.no_grad():
+            _, teacher_out = self.teacher(groups[:1])  # the teacher sees the globals only
+        log_probs = F.log_softmax(student_out.float() / d.student_temp, -1).view(-1, batch, d.out_dim)
+        teacher_out = teacher_out.float()
+        targets = F.softmax((teacher_out - self.center) / ctx.teacher_temp, -1).view(self.n_global, batch, -1)
+        pairs = cross_entropy_pairs(targets, log_probs)
+        self.update_center(teacher_out)
+        return weighted_pair_loss(pairs, self.weights), {}, feats[:batch]
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        m = self.cfg.dino.center_momentum
+        self.center.mul_(m).add_(teacher_out.mean(0, keepdim=True), alpha=1 - m)
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        if ctx.epoch < self.cfg.dino.freeze_last_layer:
+            self.student.head.last_layer.grad = None
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        ema_update(self.teacher, self.student, ctx.momentum)

@@ -1,0 +1,72 @@
+"""SwAV: swapped prediction of Sinkhorn-balanced prototype assignments across views."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslight.losses import cross_entropy_pairs, pair_weights, weighted_pair_loss
+from sslight.methods.base import Method, StepContext
+from sslight.models import Encoder, ProjectionHead
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """Equal-partition soft assignments for a stack of score matrices (n, B, K), batched over n."""
+    q = scores.float() / epsilon
+    q = torch.exp(q - q.amax(dim=(1, 2), keepdim=True))
+    q = q / q.sum(dim=(1, 2), keepdim=True)
+    b, k = q.shape[1:]
+    for _ in range(iterations):
+        q = q / (q.sum(1, keepdim=True) * k)  # each prototype gets 1/K of the mass
+        q = q / (q.sum(2, keepdim=True) * b)  # each sample gets 1/B of the mass
+    return q * b
+
+
+class Swav(Method):
+    def __init__(self, cfg, backbone, n_global: int, n_local: int):
+        super().__init__(cfg, n_global, n_local)
+        s = cfg.swav
+        self.student = Encoder(backbone, ProjectionHead(backbone.num_features, s.hidden_dim, s.out_dim, bn=True))
+        self.prototypes = nn.Linear(s.out_dim, s.n_prototypes, bias=False)
+        self.register_buffer("queue", torch.zeros(n_global, s.queue_length, s.out_dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        views = n_global + n_local
+        self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
+                                                     cfg.loss.alpha), persistent=False)
+
+    def trainable(self):
+        return [self.student, self.prototypes]
+
+    def loss(self, groups, ctx: StepContext):
+        s = self.cfg.swav
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        batch = groups[0].shape[0] // self.n_global
+        feats, z = self.student(groups)
+        scores = self.prototypes(z).float()
+        global_scores = scores[: self.n_global * batch].detach().view(self.n_global, batch, -1)
+        use_queue = s.queue_length > 0 and ctx.epoch >= s.epoch_queue_starts
+        if use_queue:
+            # queued embeddings join the Sinkhorn batch once the queue is full (as in SwAV)
+            queued = self.queue @ self.prototypes.weight.detach().T
+            full = self.queue_filled >= s.queue_length
+            targets = sinkhorn(torch.cat([queued, global_scores], 1), s.epsilon, s.sinkhorn_iterations)[:, -batch:]
+            targets = torch.where(full, targets, sinkhorn(global_scores, s.epsilon, s.sinkhorn_iterations))
+            self.enqueue(z[: self.n_global * batch].detach().view(self.n_global, batch, -1))
+        else:
+            targets = sinkhorn(global_scores, s.epsilon, s.sinkhorn_iterations)
+        log_probs = F.log_softmax(scores / s.temperature, -1).view(-1, batch, scores.shape[-1])
+        pairs = cross_entropy_pairs(targets, log_probs)
+        return weighted_pair_loss(pairs, self.weights), {}, feats[:batch]
+
+    @torch.no_grad()
+    def enqueue(self, z: torch.Tensor) -> None:
+        batch = z.shape[1]
+        self.queue.copy_(torch.cat([z.to(self.queue.dtype), self.queue[:, :-batch]], 1))
+        self.queue_filled.add_(batch)
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        if ctx.epoch < self.cfg.swav.freeze_prototypes_epochs:
+            self.prototypes.weight.grad = None

@@ -1,0 +1,72 @@
+"""Optimisers: LARS (foreach) for CNNs, AdamW for ViTs; parameter groups; EMA."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def param_groups(modules: list[nn.Module]) -> list[dict]:
+    """Weights get weight decay and LARS adaptation; biases and norm parameters get neither."""
+    regular, flat = [], []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                (flat if p.ndim <= 1 else regular).append(p)
+    return [dict(params=regular, regularized=True), dict(params=flat, regularized=False, weight_decay=0.0)]
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratio ``eta * ||w|| / ||g + wd * w||`` (as in
+    DINO/SwAV), applied with foreach ops: a few kernels per step, not one per parameter."""
+
+    def __init__(self, groups, lr: float, weight_decay: float, momentum: float, eta: float):
+        super().__init__(groups, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["regularized"]:
+                if group["weight_decay"]:
+                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm,
+                                    torch.ones_like(p_norm))
+                grads = torch._foreach_mul(grads, list(trust.unbind()))
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+
+def build_optimizer(name: str, groups: list[dict], momentum: float, eta: float, device: torch.device):
+    if name == "lars":
+        return LARS(groups, lr=0.0, weight_decay=0.0, momentum=momentum, eta=eta)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=fused, foreach=None if fused else True)
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group["regularized"]:
+            group["weight_decay"] = weight_decay
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """target = momentum * target + (1 - momentum) * source, over all parameters at once."""
+    t = list(target.parameters())
+    s = list(source.parameters())
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1 - momentum)

@@ -1,0 +1,261 @@
+"""The training loop: views -> photometric augmentation -> method step -> schedules, logs, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from loaders import build_loader, view_groups
+from loaders.datasets import Dataset, load_dataset, common_image_size
+from sslight import checkpoint, config as config_mod
+from sslight.augment import Photometric, method_photometry
+from sslight.config import AUTO, Config, ConfigError
+from sslight.knn import extract, knn_top1
+from sslight.methods import METHODS, StepContext
+from sslight.metrics import MetricsLog
+from sslight.models import build_backbone
+from sslight.optim import build_optimizer, param_groups, set_schedule
+from sslight.progress import epoch_bar
+from sslight.recipes import resolve_runtime, resolve_sizes
+from sslight.schedules import cosine, linear_then_constant
+
+
+@dataclass
+class Run:
+    """Everything a prepared run needs; built by :func:`prepare`, consumed by :func:`train`."""
+
+    cfg: Config
+    dataset: Dataset
+    device: torch.device
+    out: Path
+    resume_from: Path | None
+
+
+def default_out(cfg: Config) -> str:
+    return f"runs/{cfg.model.name}_{cfg.method}_{cfg.recipe}"
+
+
+def prepare(cfg: Config, user_keys: set[str]) -> Run:
+    """Resolve every auto value and check the inputs; writes nothing in the output folder."""
+    dataset = load_dataset(cfg.data.path)
+    resolve_sizes(cfg, user_keys, common_image_size(dataset.train))
+    resolve_runtime(cfg, torch.cuda.is_available())
+    if cfg.train.out == AUTO:
+        cfg.train.out = default_out(cfg)
+    out = Path(cfg.train.out)
+    resume_from = None
+    if cfg.train.resume == AUTO:
+        resume_from = checkpoint.latest(out) if out.is_dir() else None
+    elif cfg.train.resume:
+        resume_from = Path(cfg.train.resume)
+        if not resume_from.is_file():
+            raise ConfigError(f"train.resume={cfg.train.resume!r}: no such checkpoint file")
+    per_rank = len(dataset.train.subset(cfg.data.limit, cfg.train.seed))
+    if per_rank < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images")
+    return Run(cfg, dataset, torch.device(cfg.train.device), out, resume_from)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The photometric RNG seed of one step, so a resumed run draws the same augmentations."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Schedules:
+    def __init__(self, cfg: Config, steps_per_epoch: int, world: int = 1):
+        o, total = cfg.optim, cfg.train.epochs * steps_per_epoch
+        lr = o.lr * cfg.train.batch_size * world / 256  # linear scaling rule, base lr per 256 images
+        self.lr = cosine(lr, o.min_lr, total, int(o.warmup_epochs * steps_per_epoch))
+        self.wd = cosine(o.weight_decay, o.weight_decay_end, total)
+        if cfg.method == "dino":
+            self.momentum = cosine(cfg.dino.momentum_teacher, 1.0, total)
+        else:
+            self.momentum = np.full(total, cfg.moco.momentum)
+        d = cfg.dino
+        self.teacher_temp = linear_then_constant(d.warmup_teacher_temp, d.teacher_temp, total,
+                                                 d.warmup_teacher_temp_epochs * steps_per_epoch)
+
+
+def build_method(cfg: Config, device: torch.device):
+    backbone = build_backbone(cfg.model.name, cfg.model.small_stem, cfg.views.global_size)
+    method = METHODS[cfg.method](cfg, backbone, cfg.views.n_global, cfg.views.n_local)
+    method = method.to(device, memory_format=torch.channels_last)
+    if cfg.train.compile:
+        # compiled per resolution group: each backbone sees exactly two static shapes
+        for module in method.modules():
+            if module is not method and hasattr(module, "backbone"):
+                module.backbone.compile(dynamic=False)
+    return method
+
+
+def train(run: Run, console: Console | None = None) -> dict:
+    cfg, device = run.cfg, run.device
+    console = console or Console(stderr=True)
+    t = cfg.train
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, run.out)
+    seed_everything(t.seed)
+
+    dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+    groups = view_groups(cfg.views)
+    method = build_method(cfg, device)
+    ssl_split = run.dataset.train.subset(cfg.data.limit, t.seed)
+    loader = build_loader(cfg.data.loader, ssl_split, groups, t.batch_size, t.seed, device, cfg.data.workers)
+    steps_per_epoch = loader.batches_per_epoch()
+    sched = Schedules(cfg, steps_per_epoch)
+    optimizer = build_optimizer(cfg.optim.name, param_groups(method.trainable()), cfg.optim.momentum,
+                                cfg.optim.eta, device)
+    n_classes = len(run.dataset.classes)
+    probe = probe_opt = None
+    if cfg.probe.enabled and n_classes:
+        probe = torch.nn.Linear(method.backbone.num_features, n_classes).to(device)
+        probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe.lr, momentum=0.9)
+
+    epoch, step, skip = 0, 0, 0
+    if run.resume_from is not None:
+        state = checkpoint.load(run.resume_from, device)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        if probe is not None and state.get("probe"):
+            probe.load_state_dict(state["probe"])
+            probe_opt.load_state_dict(state["probe_opt"])
+        epoch, step, skip = state["epoch"], state["step"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        console.print(f"resumed from {run.resume_from} at epoch {epoch}, step {step}")
+
+    def save(epoch_: int, batch_in_epoch: int) -> Path:
+        state = dict(method=method.state_dict(), optimizer=optimizer.state_dict(),
+                     probe=probe.state_dict() if probe is not None else None,
+                     probe_opt=probe_opt.state_dict() if probe_opt is not None else None,
+                     epoch=epoch_, step=step, batch_in_epoch=batch_in_epoch,
+                     rng=dict(torch=torch.get_rng_state()), config=config_mod.to_dict(cfg))
+        return checkpoint.save(state, run.out, epoch_, step)
+
+    photometric = Photometric(method_photometry(cfg.method, cfg.views.n_global, cfg.views.n_local),
+                              cfg.views.global_size, device, dtype)
+    first_view = np.cumsum([0] + [g.n for g in groups])[:-1].tolist()
+    generator = torch.Generator(device=device)
+    log = MetricsLog(run.out)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == torch.bfloat16 \
+        else contextlib.nullcontext
+    max_steps = t.steps or t.epochs * steps_per_epoch
+    summary: dict = dict(out=str(run.out))
+    stopped = step >= max_steps
+
+    while epoch < t.epochs and not stopped:
+        method.train()
+        loss_sum = torch.zeros((), device=device)
+        probe_correct = torch.zeros((), device=device)
+        seen, wait_time, window_start, window_steps = 0, 0.0, time.perf_counter(), 0
+        shown = dict(loss="-", lr="-", ips="-", wait="-")
+        with epoch_bar(console) as bar:
+            task = bar.add_task("train", total=steps_per_epoch, completed=skip, epoch=epoch, **shown)
+            batches = iter(loader.epoch(epoch, skip))
+            batch_in_epoch = skip
+            while True:
+                fetch_start = time.perf_counter()
+                batch = next(batches, None)
+                wait_time += time.perf_counter() - fetch_start
+                if batch is None:
+                    break
+                ctx = StepContext(epoch, step, float(sched.teacher_temp[step]), float(sched.momentum[step]))
+                set_schedule(optimizer, float(sched.lr[step]), float(sched.wd[step]))
+                generator.manual_seed(step_seed(t.seed, step))
+                views = [photometric(v, first, generator) for v, first in zip(batch.views, first_view)]
+                with autocast():
+                    loss, _, feats = method.loss(views, ctx)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.clip_grad:
+                    torch.nn.utils.clip_grad_norm_([p for m in method.trainable() for p in m.parameters()],
+                                                   cfg.optim.clip_grad)
+                method.before_optimizer_step(ctx)
+                optimizer.step()
+                method.after_optimizer_step(ctx)
+                if probe is not None:
+                    with autocast():
+                        logits = probe(feats.detach())
+                    probe_opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(logits.float(), batch.labels).backward()
+                    probe_opt.step()
+                    probe_correct += (logits.argmax(1) == batch.labels).sum()
+                loss_sum += loss.detach()
+                seen += batch.size
+                step += 1
+                batch_in_epoch += 1
+                window_steps += 1
+                if step % t.log_every == 0 or batch_in_epoch == steps_per_epoch or step >= max_steps:
+                    loss_value = (loss_sum / (batch_in_epoch - skip)).item()  # the one host sync
+                    elapsed = time.perf_counter() - window_start
+                    ips = window_steps * batch.size / elapsed
+                    wait = 100 * wait_time / elapsed
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"loss is {loss_value} at step {step} (epoch {epoch})")
+                    shown = dict(loss=f"{loss_value:.4f}", lr=f"{sched.lr[step - 1]:.2e}", ips=f"{ips:.0f}",
+                                 wait=f"{wait:.0f}")
+                    log.write("train", step, epoch=epoch, loss=loss_value, lr=float(sched.lr[step - 1]),
+                              images_per_s=ips, data_wait_pct=wait)
+                    window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+                bar.update(task, advance=1, **shown)
+                if t.ckpt_every and step % t.ckpt_every == 0 and batch_in_epoch < steps_per_epoch:
+                    save(epoch, batch_in_epoch)
+                if step >= max_steps:
+                    stopped = True
+                    break
+        epoch_record = dict(epoch=epoch, loss=(loss_sum / max(batch_in_epoch - skip, 1)).item(), steps=step)
+        if probe is not None and seen:
+            epoch_record["probe_train_top1"] = 100 * probe_correct.item() / seen
+        finished_epoch = batch_in_epoch == steps_per_epoch
+        save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_in_epoch)
+        last = stopped or epoch + 1 == t.epochs
+        if run.dataset.test is not None and ((cfg.eval.every and (epoch + 1) % cfg.eval.every == 0) or last):
+            epoch_record.update(evaluate(run, method, probe, dtype))
+        log.write("epoch", step, **epoch_record)
+        console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in epoch_record.items()))
+        summary.update(epoch_record)
+        epoch, skip = epoch + 1, 0
+    if run.dataset.test is None:
+        console.print("evaluation skipped: the dataset has no labelled test/val split")
+    log.close()
+    return summary
+
+
+def write_config(cfg: Config, out: Path) -> None:
+    """The resolved config beside the checkpoints, every auto value filled in."""
+    tmp = out / ".config.json.tmp"
+    tmp.write_text(json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
+    tmp.replace(out / "config.json")
+
+
+def evaluate(run: Run, method, probe, dtype) -> dict:
+    """kNN top-1 (and the joint probe's top-1) on the test split."""
+    cfg, device = run.cfg, run.device
+    bank_split = run.dataset.train.subset(cfg.eval.bank_limit, cfg.train.seed)
+    query_split = run.dataset.test.subset(cfg.eval.query_limit, cfg.train.seed)
+    size = cfg.views.global_size
+    bank, bank_labels = extract(method.backbone, bank_split, size, device, dtype, cfg.data.workers)
+    queries, query_labels = extract(method.backbone, query_split, size, device, dtype, cfg.data.workers)
+    result = dict(knn_top1=knn_top1(bank, bank_labels, queries, query_labels, cfg.eval.k,
+                                    cfg.eval.temperature, len(run.dataset.classes)))
+    if probe is not None:
+        with torch.no_grad():
+            result["probe_top1"] = 100 * (probe(queries).argmax(1) == query_labels).float().mean().item()
+    return result
+
