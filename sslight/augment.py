@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA = (0.299, 0.587, 0.114)
 REFERENCE_SIZE = 224
 SIGMA_RANGE = (0.1, 2.0)
-SOLARIZE_THRESHOLD = 128 / 255
+SOLARIZE_THRESHOLD = 127.5 / 255  # 128 of 255 for uint8 input, robust to float rounding
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ def method_photometry(method: str, n_global: int, n_local: int) -> list[ViewPhot
 
 
 def _yiq() -> tuple[torch.Tensor, torch.Tensor]:
-    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    return rgb_to_yiq, torch.linalg.inv(rgb_to_yiq)
+    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                              dtype=torch.float64)
+    return rgb_to_yiq.float(), torch.linalg.inv(rgb_to_yiq).float()
 
 
 class Photometric:

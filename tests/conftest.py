@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+CIFAR_ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
+
+# Small heads keep the CPU tests fast; the method code paths are the full ones.
+TINY = [
+    "dino.out_dim=256", "dino.hidden_dim=128", "dino.bottleneck_dim=32",
+    "swav.hidden_dim=128", "swav.n_prototypes=32", "moco.hidden_dim=128", "moco.queue_length=128",
+    "eval.bank_limit=200", "eval.query_limit=100", "data.workers=0", "train.log_every=1",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """An SSLIGHT_DATA folder holding (a link to) the shared CIFAR-10 archive, prepared once."""
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"{CIFAR_ARCHIVE} not found")
+    root = tmp_path_factory.mktemp("sslight-data")
+    (root / CIFAR_ARCHIVE.name).symlink_to(CIFAR_ARCHIVE)
+    from loaders.datasets import prepare_cifar10
+
+    prepare_cifar10(root)
+    return root
+
+
+@pytest.fixture
+def cifar_env(data_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("SSLIGHT_DATA", str(data_dir))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def cifar_small(data_dir, tmp_path_factory) -> Path:
+    """A 200/100-image CIFAR-10 ImageFolder (train/test), linked from the prepared tree."""
+    root = tmp_path_factory.mktemp("cifar-small")
+    for split, per_class in (("train", 20), ("test", 10)):
+        for cls in sorted(os.listdir(data_dir / "cifar10" / split)):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted(os.listdir(data_dir / "cifar10" / split / cls))[:per_class]:
+                (root / split / cls / f).symlink_to(data_dir / "cifar10" / split / cls / f)
+    return root

@@ -1,0 +1,146 @@
+"""Photometric augmentation: shapes, ranges, probabilities, and agreement with torchvision."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, ViewPhotometry, method_photometry
+
+N = 4000  # samples for probability checks; 4 sigma of a Bernoulli(0.2) mean is about 0.025
+
+
+def unnormalise(x):
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return x.float() * std + mean
+
+
+def test_shapes_dtype_layout_range():
+    settings = method_photometry("dino", 2, 6)
+    aug = Photometric(settings, 32, torch.device("cpu"), torch.float32)
+    g = torch.Generator().manual_seed(0)
+    views = torch.randint(0, 256, (2, 5, 3, 32, 32), dtype=torch.uint8)
+    out = aug(views, 0, g)
+    assert out.shape == (10, 3, 32, 32) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    pixels = unnormalise(out)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    local = aug(torch.randint(0, 256, (6, 5, 3, 18, 18), dtype=torch.uint8), 2, g)
+    assert local.shape == (30, 3, 18, 18)
+    bf16 = Photometric(settings, 32, torch.device("cpu"), torch.bfloat16)(views, 0, g)
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_per_view_settings_follow_design():
+    dino = method_photometry("dino", 2, 6)
+    assert [s.blur_p for s in dino] == [1.0, 0.1] + [0.5] * 6
+    assert [s.solarize_p for s in dino] == [0.0, 0.2] + [0.0] * 6
+    swav = method_photometry("swav", 2, 6)
+    assert {s.blur_p for s in swav} == {0.5} and {s.solarize_p for s in swav} == {0.0}
+    assert swav[0].jitter == (0.8, 0.8, 0.8, 0.2)
+
+
+def only(**kw):
+    base = dict(jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, grey_p=0.0, blur_p=0.0, solarize_p=0.0)
+    base.update(kw)
+    return ViewPhotometry(**base)
+
+
+def colourful(n, size=8):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (1, n, 3, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_greyscale_probability():
+    aug = Photometric([only(grey_p=0.2)], 224, torch.device("cpu"), torch.float32)
+    x = unnormalise(aug(colourful(N), 0, torch.Generator().manual_seed(2)))
+    grey = (x.amax(1) - x.amin(1)).flatten(1).amax(1) < 1e-4
+    assert abs(grey.float().mean().item() - 0.2) < 0.025
+
+
+def test_solarize_probability_and_threshold():
+    aug = Photometric([only(solarize_p=0.2)], 224, torch.device("cpu"), torch.float32)
+    views = colourful(N)
+    x = unnormalise(aug(views, 0, torch.Generator().manual_seed(3)))
+    src = views[0].float() / 255
+    changed = (x - src).abs().flatten(1).amax(1) > 1e-3
+    assert abs(changed.float().mean().item() - 0.2) < 0.025
+    expected = torch.where(src >= 128 / 255, 1 - src, src)
+    torch.testing.assert_close(x[changed], expected[changed], atol=2e-4, rtol=0)
+
+
+def test_blur_probability_and_identity_when_off():
+    # globals of 896 px scale sigma to 0.4..8 px, so every blur that happens is visible
+    aug = Photometric([only(blur_p=0.5)], 896, torch.device("cpu"), torch.float32)
+    views = colourful(N, 16)
+    x = unnormalise(aug(views, 0, torch.Generator().manual_seed(4)))
+    src = views[0].float() / 255
+    changed = (x - src).abs().flatten(1).amax(1) > 1e-3
+    assert abs(changed.float().mean().item() - 0.5) < 0.03
+    torch.testing.assert_close(x[~changed], src[~changed], atol=2e-4, rtol=0)
+    # blur keeps the mean level and lowers the variance of noise
+    assert (x[changed].var((1, 2, 3)) < src[changed].var((1, 2, 3))).all()
+
+
+def test_blur_matches_torchvision_gaussian():
+    aug = Photometric([only(blur_p=1.0)], 224, torch.device("cpu"), torch.float32)
+    x = torch.rand(1, 3, 32, 32)
+    sigma = torch.tensor([1.3])
+    u_sigma = (sigma - 0.1) / 1.9
+    ours = aug.blur(x, torch.zeros(1), u_sigma, torch.ones(1))
+    ref = TF.gaussian_blur(x, kernel_size=[2 * aug.max_radius + 1] * 2, sigma=[1.3, 1.3])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("field, index, tv", [
+    ("brightness", 1, lambda x, f: TF.adjust_brightness(x, f)),
+    ("contrast", 2, lambda x, f: TF.adjust_contrast(x, f)),
+    ("saturation", 3, lambda x, f: TF.adjust_saturation(x, f)),
+])
+def test_colour_matrix_matches_torchvision(field, index, tv):
+    """Each jitter factor alone equals torchvision's op (inputs chosen so nothing clips)."""
+    aug = Photometric([only()], 224, torch.device("cpu"), torch.float32)
+    x = 0.3 + 0.4 * torch.rand(6, 3, 8, 8)
+    u = torch.full((6, 9), 0.5)
+    u[:, 0] = 0.0  # jitter on
+    u[:, index] = torch.linspace(0.2, 0.8, 6)
+    u[:, 5] = 1.0  # no greyscale
+    strengths = torch.zeros(6, 4)
+    strengths[:, index - 1] = 0.4
+    m, o = aug.colour_matrices(u, strengths, torch.ones(6), torch.zeros(6), x.mean((2, 3)))
+    ours = torch.baddbmm(o.unsqueeze(-1), m, x.view(6, 3, -1)).view_as(x)
+    factors = 1 + 0.4 * (2 * u[:, index] - 1)
+    ref = torch.stack([tv(x[i:i + 1], float(factors[i]))[0] for i in range(6)])
+    torch.testing.assert_close(ours, ref, atol=2e-3, rtol=0)
+
+
+def test_hue_rotation_keeps_luma_and_turns_chroma():
+    aug = Photometric([only()], 224, torch.device("cpu"), torch.float32)
+    x = torch.rand(1, 3, 8, 8)
+    u = torch.tensor([[0.0, 0.5, 0.5, 0.5, 0.75, 1.0, 0, 0, 0]])
+    m, o = aug.colour_matrices(u, torch.tensor([[0, 0, 0, 0.5]]), torch.ones(1), torch.zeros(1), x.mean((2, 3)))
+    y = torch.baddbmm(o.unsqueeze(-1), m, x.view(1, 3, -1))
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    torch.testing.assert_close(luma @ y[0], luma @ x.view(3, -1), atol=1e-5, rtol=0)
+    assert not torch.allclose(y, x.view(1, 3, -1), atol=1e-2)
+    # a quarter turn (hue 0.25) applied four times is the identity
+    assert math.isclose(0.5 * (2 * 0.75 - 1), 0.25)
+    torch.testing.assert_close(torch.linalg.matrix_power(m[0], 4), torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_jitter_probability():
+    aug = Photometric([only(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8)], 224, torch.device("cpu"), torch.float32)
+    views = colourful(N)
+    x = unnormalise(aug(views, 0, torch.Generator().manual_seed(5)))
+    changed = (x - views[0].float() / 255).abs().flatten(1).amax(1) > 1e-3
+    assert abs(changed.float().mean().item() - 0.8) < 0.025
+
+
+def test_same_seed_same_views():
+    aug = Photometric(method_photometry("dino", 2, 0), 32, torch.device("cpu"), torch.float32)
+    views = colourful(8, 32).expand(2, -1, -1, -1, -1)
+    a = aug(views, 0, torch.Generator().manual_seed(7))
+    b = aug(views, 0, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)

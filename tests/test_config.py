@@ -1,0 +1,88 @@
+"""Bad input fails before any work: one line naming key, value and what is allowed; exit 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sslight.cli import main
+from sslight.config import ConfigError, to_dict, from_dict
+from sslight.recipes import build_config, resolve_sizes
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["views.n_locals=10"], "unknown key 'views.n_locals'; did you mean 'views.n_local'?"),
+    (["--model", "foo"], "model.name='foo' is not one of mnv2, r18, r34, r50, vit_t16, vit_t32, vit_s16"),
+    (["--model", "r19"], "did you mean 'r18'?"),
+    (["--method", "dinno"], "did you mean 'dino'?"),
+    (["views.global_scale=0.9,0.3"], "views.global_scale=(0.9, 0.3): need 0 < min <= max <= 1"),
+    (["views.global_size=64", "views.local_size=96"],
+     "views.local_size=96: must not be larger than views.global_size=64"),
+    (["--epochs", "-1"], "train.epochs=-1: must be >= 1"),
+    (["--data", "/nonexistent/data"], "data.path='/nonexistent/data': no such folder"),
+    (["loss.alpha=1.5"], "loss.alpha=1.5: must be in [0, 1] or 'auto'"),
+    (["train.batch_size=many"], "train.batch_size='many': expected an integer"),
+    (["views.n_local"], "expected key=value"),
+])
+def test_bad_input_one_line_exit_2(args, expected, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_resume_checkpoint(cifar_small, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(cifar_small), "--out", str(out), "--resume", str(tmp_path / "x.pt")])
+    assert code == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_process_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sslight", "train", "--model", "foo"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("sslight: error: model.name='foo'")
+
+
+def test_presets_follow_recipe_and_family():
+    cfg, _ = build_config(["recipe=baseline", "model.name=r18"])
+    assert cfg.views.global_scale == (0.14, 1.0) and cfg.views.local_scale == (0.05, 0.14)
+    assert cfg.loss.alpha == "auto" and cfg.optim.name == "lars" and cfg.optim.lr == 0.48
+    cfg, _ = build_config(["model.name=vit_t16"])
+    assert cfg.views.n_local == 10 and cfg.loss.alpha == 0.4 and cfg.optim.name == "adamw"
+    assert cfg.dino.out_dim == 65536 and cfg.dino.warmup_teacher_temp_epochs == 30
+    cfg, _ = build_config(["method=swav"])
+    assert cfg.optim.lr == 0.3
+
+
+def test_overrides_beat_presets():
+    cfg, keys = build_config(["views.n_local=10", "optim.lr=0.3", "loss.alpha=auto", "views.global_scale=(0.2,0.9)"])
+    assert (cfg.views.n_local, cfg.optim.lr, cfg.loss.alpha) == (10, 0.3, "auto")
+    assert cfg.views.global_scale == (0.2, 0.9)
+
+
+def test_small_images_keep_recipe_ratios():
+    cfg, keys = build_config([])
+    resolve_sizes(cfg, keys, 32)
+    assert (cfg.views.global_size, cfg.views.local_size) == (32, round(32 * 128 / 224))
+    assert cfg.model.small_stem is True
+    cfg, keys = build_config(["views.local_size=12"])
+    resolve_sizes(cfg, keys, 32)
+    assert cfg.views.local_size == 12
+    cfg, keys = build_config(["recipe=baseline"])
+    resolve_sizes(cfg, keys, None)
+    assert (cfg.views.global_size, cfg.views.local_size, cfg.model.small_stem) == (224, 96, False)
+
+
+def test_resolved_config_round_trips():
+    cfg, _ = build_config(["views.n_local=8"])
+    assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_config_error_is_one_line():
+    with pytest.raises(ConfigError):
+        build_config(["views.local_scale=0.5,0.1"])
