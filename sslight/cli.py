@@ -32,7 +32,13 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    # overrides may sit between flags; argparse hands the later ones back as extras
+    args, extra = p.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-")]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = list(args.overrides) + extra
     try:
         from sslight.recipes import build_config
         from sslight.train import prepare, train

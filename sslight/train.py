@@ -128,6 +128,7 @@ def train(run: Run, console: Console | None = None) -> dict:
         probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe.lr, momentum=0.9)
 
     epoch, step, skip = 0, 0, 0
+    resumed_loss_sum = 0.0  # the finished part of a resumed epoch, so epoch means stay exact
     if run.resume_from is not None:
         state = checkpoint.load(run.resume_from, device)
         method.load_state_dict(state["method"])
@@ -136,14 +137,15 @@ def train(run: Run, console: Console | None = None) -> dict:
             probe.load_state_dict(state["probe"])
             probe_opt.load_state_dict(state["probe_opt"])
         epoch, step, skip = state["epoch"], state["step"], state["batch_in_epoch"]
+        resumed_loss_sum = state["epoch_loss_sum"]
         torch.set_rng_state(state["rng"]["torch"])
         console.print(f"resumed from {run.resume_from} at epoch {epoch}, step {step}")
 
-    def save(epoch_: int, batch_in_epoch: int) -> Path:
+    def save(epoch_: int, batch_in_epoch: int, epoch_loss_sum: float) -> Path:
         state = dict(method=method.state_dict(), optimizer=optimizer.state_dict(),
                      probe=probe.state_dict() if probe is not None else None,
                      probe_opt=probe_opt.state_dict() if probe_opt is not None else None,
-                     epoch=epoch_, step=step, batch_in_epoch=batch_in_epoch,
+                     epoch=epoch_, step=step, batch_in_epoch=batch_in_epoch, epoch_loss_sum=epoch_loss_sum,
                      rng=dict(torch=torch.get_rng_state()), config=config_mod.to_dict(cfg))
         return checkpoint.save(state, run.out, epoch_, step)
 
@@ -160,7 +162,8 @@ def train(run: Run, console: Console | None = None) -> dict:
 
     while epoch < t.epochs and not stopped:
         method.train()
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = torch.full((), resumed_loss_sum if skip else 0.0, device=device, dtype=torch.float64)
+        window_loss = torch.zeros((), device=device)
         probe_correct = torch.zeros((), device=device)
         seen, wait_time, window_start, window_steps = 0, 0.0, time.perf_counter(), 0
         shown = dict(loss="-", lr="-", ips="-", wait="-")
@@ -196,12 +199,13 @@ def train(run: Run, console: Console | None = None) -> dict:
                     probe_opt.step()
                     probe_correct += (logits.argmax(1) == batch.labels).sum()
                 loss_sum += loss.detach()
+                window_loss += loss.detach()
                 seen += batch.size
                 step += 1
                 batch_in_epoch += 1
                 window_steps += 1
                 if step % t.log_every == 0 or batch_in_epoch == steps_per_epoch or step >= max_steps:
-                    loss_value = (loss_sum / (batch_in_epoch - skip)).item()  # the one host sync
+                    loss_value = (window_loss / window_steps).item()  # the one host sync
                     elapsed = time.perf_counter() - window_start
                     ips = window_steps * batch.size / elapsed
                     wait = 100 * wait_time / elapsed
@@ -212,17 +216,19 @@ def train(run: Run, console: Console | None = None) -> dict:
                     log.write("train", step, epoch=epoch, loss=loss_value, lr=float(sched.lr[step - 1]),
                               images_per_s=ips, data_wait_pct=wait)
                     window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+                    window_loss.zero_()
                 bar.update(task, advance=1, **shown)
                 if t.ckpt_every and step % t.ckpt_every == 0 and batch_in_epoch < steps_per_epoch:
-                    save(epoch, batch_in_epoch)
+                    save(epoch, batch_in_epoch, loss_sum.item())
                 if step >= max_steps:
                     stopped = True
                     break
-        epoch_record = dict(epoch=epoch, loss=(loss_sum / max(batch_in_epoch - skip, 1)).item(), steps=step)
+        epoch_record = dict(epoch=epoch, loss=(loss_sum / max(batch_in_epoch, 1)).item(), steps=step)
         if probe is not None and seen:
             epoch_record["probe_train_top1"] = 100 * probe_correct.item() / seen
         finished_epoch = batch_in_epoch == steps_per_epoch
-        save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_in_epoch)
+        save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_in_epoch,
+             0.0 if finished_epoch else loss_sum.item())
         last = stopped or epoch + 1 == t.epochs
         if run.dataset.test is not None and ((cfg.eval.every and (epoch + 1) % cfg.eval.every == 0) or last):
             epoch_record.update(evaluate(run, method, probe, dtype))

@@ -1,0 +1,64 @@
+"""LARS (foreach) against a per-parameter reference; EMA; schedules."""
+
+import numpy as np
+import torch
+
+from sslight.optim import LARS, ema_update, param_groups, set_schedule
+from sslight.schedules import cosine, linear_then_constant
+
+
+def reference_lars_step(params, bufs, lr, wd, momentum, eta):
+    """DINO's LARS, one parameter at a time."""
+    for p, buf in zip(params, bufs):
+        dp = p.grad.clone()
+        if p.ndim > 1:
+            dp = dp + wd * p
+            p_norm, d_norm = torch.norm(p), torch.norm(dp)
+            q = torch.where((p_norm > 0) & (d_norm > 0), eta * p_norm / d_norm, torch.ones(()))
+            dp = dp * q
+        buf.mul_(momentum).add_(dp)
+        p.data.add_(buf, alpha=-lr)
+
+
+def test_lars_matches_reference():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
+    ref = [p.detach().clone() for p in model.parameters()]
+    bufs = [torch.zeros_like(p) for p in ref]
+    opt = LARS(param_groups([model]), lr=0.0, weight_decay=0.0, momentum=0.9, eta=0.001)
+    for step in range(3):
+        x = torch.randn(8, 5)
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        ref_params = [r.requires_grad_(False) for r in ref]
+        for r, p in zip(ref_params, model.parameters()):
+            r.grad = p.grad.clone()
+        set_schedule(opt, lr=0.5, weight_decay=1e-2)
+        opt.step()
+        reference_lars_step(ref_params, bufs, 0.5, 1e-2, 0.9, 0.001)
+        for r, p in zip(ref_params, model.parameters()):
+            torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)
+            ref = [q.detach().clone() for q in model.parameters()]
+
+
+def test_param_groups_exclude_flat_params_from_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7))
+    regular, flat = param_groups([model])
+    assert [p.ndim for p in regular["params"]] == [2] and all(p.ndim == 1 for p in flat["params"])
+    assert flat["weight_decay"] == 0.0 and not flat["regularized"]
+
+
+def test_ema_update():
+    a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    expected = [0.9 * p.detach() + 0.1 * q.detach() for p, q in zip(a.parameters(), b.parameters())]
+    ema_update(a, b, 0.9)
+    for p, e in zip(a.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e)
+
+
+def test_schedules():
+    lr = cosine(1.0, 0.0, 100, warmup_steps=10)
+    assert len(lr) == 100 and lr[0] == 0.0 and np.isclose(lr[10], 1.0) and lr[-1] < 1e-3
+    assert np.all(np.diff(lr[:10]) > 0) and np.all(np.diff(lr[10:]) <= 0)
+    t = linear_then_constant(0.04, 0.07, 50, 20)
+    assert np.isclose(t[0], 0.04) and np.isclose(t[19], 0.07) and np.all(t[20:] == 0.07)

@@ -1,0 +1,90 @@
+"""End-to-end training on CIFAR-10 (shortened with STEPS): every method, three backbones, resume."""
+
+import math
+
+import pytest
+import torch
+
+from sslight import checkpoint
+from sslight.cli import main
+from sslight.metrics import read
+from tests.conftest import TINY
+
+
+def train(out, *args):
+    assert main(["train", "--out", str(out), *args, *TINY]) == 0
+    return read(out / "metrics.jsonl")
+
+
+def check_run(out, records):
+    train_records = [r for r in records if r["kind"] == "train"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert train_records and all(math.isfinite(r["loss"]) for r in train_records)
+    assert all(0 <= r["data_wait_pct"] <= 100 and r["images_per_s"] > 0 for r in train_records)
+    assert 0 <= epochs[-1]["knn_top1"] <= 100
+    assert checkpoint.latest(out) is not None
+    assert (out / "config.json").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--method", "dino"],
+    ["--method", "swav", "swav.queue_length=32", "swav.epoch_queue_starts=0"],
+    ["--method", "moco"],
+    ["--model", "r18", "--recipe", "baseline"],
+    ["--model", "vit_t16"],
+])
+def test_methods_and_models_train(cifar_small, tmp_path, args):
+    out = tmp_path / "run"
+    records = train(out, "--data", str(cifar_small), "--epochs", "1", "--batch", "16", "--steps", "2", *args)
+    check_run(out, records)
+
+
+def test_default_dataset_is_cifar10(cifar_env, tmp_path):
+    out = tmp_path / "run"
+    records = train(out, "--steps", "1", "--batch", "16", "data.limit=64", "probe.enabled=true")
+    check_run(out, records)
+    config = (out / "config.json").read_text()
+    assert '"global_size": 32' in config and '"local_size": 18' in config
+    assert "probe_top1" in records[-1]
+
+
+def test_flat_folder_trains_and_skips_evaluation(cifar_small, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(sorted((cifar_small / "train").rglob("*.jpg"))[:40]):
+        (flat / f"{i}.jpg").symlink_to(f.resolve())
+    records = train(tmp_path / "run", "--data", str(flat), "--steps", "1", "--batch", "16")
+    assert "knn_top1" not in records[-1]
+    assert "evaluation skipped" in capsys.readouterr().err
+
+
+def final_state(out):
+    state = checkpoint.load(checkpoint.latest(out), torch.device("cpu"))
+    return state["method"], [r for r in read(out / "metrics.jsonl") if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("method", ["dino", "moco"])
+def test_resume_equals_uninterrupted(cifar_small, tmp_path, method):
+    common = ["--data", str(cifar_small), "--method", method, "--epochs", "2", "--batch", "32", "--seed", "3",
+              "eval.every=0"]
+    whole = tmp_path / "whole"
+    train(whole, *common)
+    parts = tmp_path / "parts"
+    train(parts, *common, "--steps", "4")  # stops mid-epoch 0 (6 steps per epoch)
+    train(parts, *common, "--resume", "auto", "--steps", "8")  # into epoch 1
+    train(parts, *common, "--resume", "auto")
+    whole_state, whole_log = final_state(whole)
+    parts_state, parts_log = final_state(parts)
+    assert [r["step"] for r in parts_log] == [r["step"] for r in whole_log]
+    for a, b in zip(whole_log, parts_log):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+    for key, value in whole_state.items():
+        torch.testing.assert_close(parts_state[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    for step in range(4):
+        checkpoint.save({"step": step}, tmp_path, 0, step)
+    assert [p.name for p in checkpoint.complete(tmp_path)] == ["ckpt-e0000-s00000002.pt", "ckpt-e0000-s00000003.pt"]
+    (tmp_path / ".ckpt-e0000-s00000009.pt.tmp-1").write_bytes(b"partial")
+    assert checkpoint.latest(tmp_path).name == "ckpt-e0000-s00000003.pt"
