@@ -18,6 +18,9 @@ RESUME ?=
 SEED ?=
 ARGS ?=
 PYTEST_ARGS ?=
+# DALI always; FFCV where its system libraries are installed (.ci/run installs them)
+FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
+EXTRAS ?= dev,dali$(FFCV_EXTRA)
 
 .PHONY: install data-link train test test-all clean
 
@@ -25,7 +28,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch and torchvision first and pinned: this machine serves these releases from local disk
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -6,11 +6,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from loaders.validate import scan
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 TRAIN_SPLITS = ("train",)
@@ -36,6 +38,10 @@ class Split:
         keep = np.sort(np.random.default_rng([seed, 0x5EED]).permutation(len(self.files))[:n])
         return Split([self.files[i] for i in keep], [self.labels[i] for i in keep])
 
+    def without(self, bad) -> "Split":
+        keep = [i for i, f in enumerate(self.files) if f not in bad]
+        return Split([self.files[i] for i in keep], [self.labels[i] for i in keep])
+
 
 @dataclass
 class Dataset:
@@ -43,6 +49,7 @@ class Dataset:
     train: Split
     test: Split | None
     classes: list[str]
+    excluded: dict[str, str] = field(default_factory=dict)  # unusable file -> reason
 
     @property
     def labelled(self) -> bool:
@@ -168,7 +175,14 @@ def prepare_cifar10(root: Path | None = None) -> Path:
     return target
 
 
-def load_dataset(path: str, limit: int = 0, seed: int = 0) -> Dataset:
+def load_dataset(path: str) -> Dataset:
+    """The dataset at ``path`` (CIFAR-10 when empty), unusable files excluded."""
     dataset = discover(path or prepare_cifar10())
-    dataset.train = dataset.train.subset(limit, seed)
+    files = dataset.train.files + (dataset.test.files if dataset.test else [])
+    dataset.excluded = scan(files, data_root())
+    if dataset.excluded:
+        dataset.train = dataset.train.without(dataset.excluded)
+        dataset.test = dataset.test.without(dataset.excluded) if dataset.test else None
+    if not len(dataset.train):
+        raise DataError(f"data.path={dataset.root!r}: none of the images is readable")
     return dataset

@@ -16,7 +16,7 @@ from typing import Any
 MODELS = ("mnv2", "r18", "r34", "r50", "vit_t16", "vit_t32", "vit_s16")
 METHODS = ("dino", "swav", "moco")
 RECIPES = ("baseline", "sslight")
-LOADERS = ("pil",)
+LOADERS = ("pil", "nvjpeg", "dali", "ffcv", "synthetic")
 AUTO = "auto"
 
 

@@ -110,6 +110,11 @@ def train(run: Run, console: Console | None = None) -> dict:
     t = cfg.train
     run.out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run.out)
+    if run.dataset.excluded:
+        listing = run.out / "excluded_files.txt"
+        listing.write_text("".join(f"{f}\t{r}\n" for f, r in sorted(run.dataset.excluded.items())))
+        console.print(f"[yellow]warning: excluded {len(run.dataset.excluded)} unreadable files; "
+                      f"list in {listing}")
     seed_everything(t.seed)
 
     dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32

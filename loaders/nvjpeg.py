@@ -1,0 +1,101 @@
+"""nvjpeg backend: workers only read file bytes; the training device decodes the batch
+(torchvision ``decode_jpeg``: nvJPEG on CUDA, libjpeg-turbo on CPU) and the multi-crop kernel
+cuts every view. Non-JPEG files (PNG, ...) and JPEGs the batched decoder rejects (CMYK on
+nvJPEG) take a CPU fallback decode."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+from loaders.batch import Batch
+from loaders.crop import multi_crop, thread_pool
+from loaders.geometry import view_params
+from loaders.pil import open_rgb, to_uint8_chw
+from loaders.sampler import EpochBatchSampler
+
+JPEG_MAGIC = b"\xff\xd8"
+
+
+class FileBytes(torch.utils.data.Dataset):
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        return read_file(self.split.files[index]), self.split.labels[index], index, epoch
+
+
+def collate_bytes(samples):
+    data, labels, indices, epochs = zip(*samples)
+    return list(data), torch.tensor(labels), torch.tensor(indices), epochs[0]
+
+
+def rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+
+
+def decode_fallback(data: torch.Tensor, path: str) -> torch.Tensor:
+    """CPU decode of anything torchvision reads (PNG, CMYK JPEG...), PIL as the last resort."""
+    try:
+        return rgb(decode_image(data, mode=ImageReadMode.RGB))
+    except RuntimeError:
+        return to_uint8_chw(open_rgb(path))
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return bytes(data[:2].tolist()) == JPEG_MAGIC
+
+
+def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
+    """Decoded (3, H, W) uint8 images on ``device``, in order."""
+    jpeg = [i for i, d in enumerate(data) if is_jpeg(d)]
+    images: list[torch.Tensor | None] = [None] * len(data)
+    if device.type == "cuda" and jpeg:
+        try:
+            decoded = decode_jpeg([data[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+            for i, im in zip(jpeg, decoded):
+                images[i] = rgb(im)
+        except RuntimeError:  # one file nvJPEG cannot take fails the whole call: go one by one
+            pass
+    pending = [i for i, im in enumerate(images) if im is None]
+
+    def decode_one(i):
+        try:
+            return rgb(decode_jpeg(data[i], mode=ImageReadMode.RGB)) if i in jpeg_set else None
+        except RuntimeError:
+            return None
+
+    jpeg_set = set(jpeg)
+    cpu = list(thread_pool().map(decode_one, pending)) if len(pending) > 1 else [decode_one(i) for i in pending]
+    for i, im in zip(pending, cpu):
+        images[i] = (im if im is not None else decode_fallback(data[i], paths[i])).to(device, non_blocking=True)
+    return images
+
+
+class NvjpegLoader:
+    def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
+        self.split, self.groups, self.seed, self.device = split, groups, seed, device
+        self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
+        self.loader = torch.utils.data.DataLoader(
+            FileBytes(split), batch_sampler=self.sampler, num_workers=workers, collate_fn=collate_bytes,
+            persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+        )
+
+    def batches_per_epoch(self) -> int:
+        return self.sampler.n // self.sampler.world // self.sampler.batch_size
+
+    def cut(self, images, indices, epoch) -> list[torch.Tensor]:
+        params = [view_params(self.seed, epoch, int(i), im.shape[2], im.shape[1], self.groups)
+                  for im, i in zip(images, indices)]
+        return [multi_crop(images, [p[g] for p in params], group.size) for g, group in enumerate(self.groups)]
+
+    def epoch(self, epoch: int, skip_batches: int = 0):
+        self.sampler.set_epoch(epoch, skip_batches)
+        for data, labels, indices, ep in self.loader:
+            images = decode_batch(data, [self.split.files[i] for i in indices.tolist()], self.device)
+            views = self.cut(images, indices.tolist(), ep)
+            yield Batch(views, labels.to(self.device), indices.to(self.device))
