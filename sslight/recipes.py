@@ -69,8 +69,18 @@ def build_config(overrides: list[str]) -> tuple[Config, set[str]]:
     for key, value in preset(cfg).items():
         if key not in user_keys:
             set_key(cfg, key, value)
+    if cfg.views.global_size != AUTO:
+        scale_recipe_local_size(cfg, user_keys)
     validate(cfg)
     return cfg, user_keys
+
+
+def scale_recipe_local_size(cfg: Config, user_keys: set[str]) -> None:
+    """A recipe's local size is defined for 224 px globals; one the user set is taken as pixels."""
+    v = cfg.views
+    if "views.local_size" not in user_keys or v.local_size == AUTO:
+        at_reference = VIEW_RECIPES[(cfg.recipe, family(cfg.model.name))]["local_size"]
+        v.local_size = max(8, round(v.global_size * at_reference / REFERENCE_GLOBAL_SIZE))
 
 
 def resolve_sizes(cfg: Config, user_keys: set[str], image_size: int | None) -> None:
@@ -81,9 +91,7 @@ def resolve_sizes(cfg: Config, user_keys: set[str], image_size: int | None) -> N
     v = cfg.views
     if v.global_size == AUTO:
         v.global_size = image_size if image_size and image_size < REFERENCE_GLOBAL_SIZE else REFERENCE_GLOBAL_SIZE
-    if "views.local_size" not in user_keys or v.local_size == AUTO:
-        at_reference = VIEW_RECIPES[(cfg.recipe, family(cfg.model.name))]["local_size"]
-        v.local_size = max(8, round(v.global_size * at_reference / REFERENCE_GLOBAL_SIZE))
+        scale_recipe_local_size(cfg, user_keys)
     if cfg.model.small_stem == AUTO:
         cfg.model.small_stem = v.global_size <= 64
     validate(cfg)
