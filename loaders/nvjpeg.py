@@ -30,8 +30,11 @@ class FileBytes(torch.utils.data.Dataset):
 
 
 def collate_bytes(samples):
+    """One packed byte buffer per batch: a single shared-memory block crosses from the worker,
+    not one per file (which exhausts file descriptors)."""
     data, labels, indices, epochs = zip(*samples)
-    return list(data), torch.tensor(labels), torch.tensor(indices), epochs[0]
+    lengths = torch.tensor([len(d) for d in data])
+    return torch.cat(data), lengths, torch.tensor(labels), torch.tensor(indices), epochs[0]
 
 
 def rgb(image: torch.Tensor) -> torch.Tensor:
@@ -95,7 +98,8 @@ class NvjpegLoader:
 
     def epoch(self, epoch: int, skip_batches: int = 0):
         self.sampler.set_epoch(epoch, skip_batches)
-        for data, labels, indices, ep in self.loader:
+        for packed, lengths, labels, indices, ep in self.loader:
+            data = list(torch.split(packed, lengths.tolist()))
             images = decode_batch(data, [self.split.files[i] for i in indices.tolist()], self.device)
             views = self.cut(images, indices.tolist(), ep)
             yield Batch(views, labels.to(self.device), indices.to(self.device))

@@ -98,7 +98,7 @@ def test_decode_batch_handles_grey_cmyk_png(mixed_files):
 
     images = decode_batch([read_file(f) for f in mixed_files], mixed_files, torch.device("cpu"))
     for f, im in zip(mixed_files, images):
-        ref = np.asarray(Image.open(f).convert("RGB"))
+        ref = np.array(Image.open(f).convert("RGB"))
         assert im.shape == (3, *ref.shape[:2]) and im.dtype == torch.uint8
         # JPEG decoders differ slightly (and CMYK conversion more): compare coarsely
         assert (im.permute(1, 2, 0).float() - torch.from_numpy(ref).float()).abs().mean() < 6

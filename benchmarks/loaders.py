@@ -1,0 +1,177 @@
+"""Loader throughput, side by side in one run: images/s with all views cut (geometry), and with
+views ready for the model (geometry + sslight.augment), against two references measured in the
+same run: the decode-only bound and the original SSLight data path.
+
+Usage: python -m benchmarks.loaders --data DIR [--backends pil nvjpeg dali ffcv] [--recipe sslight_cnn]
+       [--batches 20] [--csv out.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import time
+
+import torch
+from PIL import ImageFilter, ImageOps
+from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+from loaders import build_loader
+from loaders.batch import ViewGroup
+from loaders.datasets import discover
+from loaders.pil import open_rgb
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, method_photometry
+
+RECIPES = {
+    "baseline_cnn": [ViewGroup(2, 224, (0.14, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 96, (0.05, 0.14), (3 / 4, 4 / 3))],
+    "sslight_cnn": [ViewGroup(2, 224, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 128, (0.05, 0.3), (3 / 4, 4 / 3))],
+    "sslight_vit": [ViewGroup(2, 224, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(10, 128, (0.05, 0.3), (3 / 4, 4 / 3))],
+}
+
+
+class _DecodeOnly(torch.utils.data.Dataset):
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            image = decode_jpeg(read_file(self.files[i]), mode=ImageReadMode.RGB)
+        except RuntimeError:  # a rare non-JPEG or CMYK file: PIL, as any loader would
+            image = T.functional.pil_to_tensor(open_rgb(self.files[i]))
+        return torch.tensor(image.shape)  # the bound excludes shipping pixels between processes
+
+
+class _Blur:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, img):
+        if random.random() < self.p:
+            return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        return img
+
+
+class _Solarize:
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, img):
+        return ImageOps.solarize(img, 128) if random.random() < self.p else img
+
+
+def original_transforms(groups):
+    """The original SSLight/DINO data path: every view cut and augmented with PIL in workers."""
+    def view(size, scale, blur, solarize):
+        return T.Compose([
+            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            _Blur(blur), _Solarize(solarize),
+            T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+    g, loc = groups
+    return [view(g.size, g.scale, 1.0, 0.0), view(g.size, g.scale, 0.1, 0.2)] + \
+        [view(loc.size, loc.scale, 0.5, 0.0)] * loc.n
+
+
+class _Original(torch.utils.data.Dataset):
+    def __init__(self, files, groups):
+        self.files, self.views = files, original_transforms(groups)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        image = open_rgb(self.files[i])
+        return [t(image) for t in self.views]
+
+
+def rate(iterable, batches: int, batch_size: int, warmup: int = 2) -> float:
+    """Images/s over ``batches`` batches after ``warmup`` batches."""
+    it = iter(iterable)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def cycle_epochs(loader, transform=None):
+    epoch = 0
+    while True:
+        for batch in loader.epoch(epoch):
+            yield transform(batch) if transform else batch
+        epoch += 1
+
+
+def cycle(loader):
+    while True:
+        yield from loader
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--backends", nargs="+", default=["pil", "nvjpeg", "dali", "ffcv"])
+    p.add_argument("--recipe", default="sslight_cnn", choices=sorted(RECIPES))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--csv", default="")
+    args = p.parse_args()
+    split = discover(args.data).train
+    groups = RECIPES[args.recipe]
+    device = torch.device("cpu")
+    n_views = sum(g.n for g in groups)
+    rows = []
+
+    def dl(ds, collate=None):
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                           drop_last=True, persistent_workers=True, collate_fn=collate)
+
+    decode_only = rate(cycle(dl(_DecodeOnly(split.files))), args.batches, args.batch)
+    original = rate(cycle(dl(_Original(split.files, groups))), args.batches, args.batch)
+    rows.append(("decode only (torchvision decode_jpeg)", "reference", decode_only))
+    rows.append(("original SSLight data path (PIL, per view)", "views ready", original))
+    photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
+                              torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    first = [0, groups[0].n]
+
+    def augment(batch):
+        return [photometric(v, f, generator) for v, f in zip(batch.views, first)]
+
+    for backend in args.backends:
+        try:
+            loader = build_loader(backend, split, groups, args.batch, 0, device, args.workers)
+        except (RuntimeError, ImportError) as exc:
+            print(f"skipping {backend}: {exc}")
+            continue
+        rows.append((backend, "geometry", rate(cycle_epochs(loader), args.batches, args.batch)))
+        rows.append((backend, "views ready", rate(cycle_epochs(loader, augment), args.batches, args.batch)))
+
+    print(f"\n{args.recipe}: {groups[0].n}x{groups[0].size} + {groups[1].n}x{groups[1].size}, batch {args.batch}, "
+          f"{args.workers} workers, {len(split)} images in {args.data}\n")
+    print("| pipeline | output | images/s | views/s | x original | share of decode-only |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, what, ips in rows:
+        print(f"| {name} | {what} | {ips:,.0f} | {ips * n_views:,.0f} | {ips / original:.2f} | "
+              f"{100 * ips / decode_only:.0f}% |")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["pipeline", "output", "images_per_s", "views_per_s", "x_original", "share_of_decode_only"])
+            for name, what, ips in rows:
+                w.writerow([name, what, f"{ips:.1f}", f"{ips * n_views:.1f}", f"{ips / original:.3f}",
+                            f"{ips / decode_only:.3f}"])
+
+
+if __name__ == "__main__":
+    main()
