@@ -37,7 +37,7 @@ install: $(VENV)/.installed
 data-link:
 	@mkdir -p "$(SSLIGHT_DATA)"
 	@if [ -n "$(SHARED_CIFAR)" ] && [ ! -e "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz" ]; then \
-		ln -s "$(abspath $(SHARED_CIFAR))" "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz"; fi
+		ln -s "$(realpath $(SHARED_CIFAR))" "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz"; fi
 
 train: install data-link
 	$(PY) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \

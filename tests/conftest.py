@@ -16,6 +16,12 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def private_data_root(tmp_path_factory, monkeypatch):
+    """Tests never write caches (scans, .beton files) into the user's data directory."""
+    monkeypatch.setenv("SSLIGHT_DATA", str(tmp_path_factory.getbasetemp() / "sslight-home"))
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """An SSLIGHT_DATA folder holding (a link to) the shared CIFAR-10 archive, prepared once."""
