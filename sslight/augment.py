@@ -116,8 +116,20 @@ class Photometric:
         taps = torch.arange(-radius, radius + 1, device=self.device, dtype=x.dtype)
         kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
         kernel = kernel / kernel.sum(1, keepdim=True)
+        on = u_on < blur_p
+        if x.device.type == "cpu":
+            # a host sync is free on the CPU: blur only the samples drawn for blur
+            chosen = on.nonzero().squeeze(1)
+            if not len(chosen):
+                return x
+            return x.index_copy(0, chosen, self._separable(x[chosen], kernel[chosen], radius))
+        # on an accelerator, no sync: samples without blur get an identity kernel
         identity = (taps == 0).to(x.dtype).expand_as(kernel)
-        kernel = torch.where((u_on < blur_p).view(-1, 1), kernel, identity)
+        return self._separable(x, torch.where(on.view(-1, 1), kernel, identity), radius)
+
+    @staticmethod
+    def _separable(x: torch.Tensor, kernel: torch.Tensor, radius: int) -> torch.Tensor:
+        n, ch, h, w = x.shape
         kernel = kernel.repeat_interleave(ch, 0)  # one kernel per (sample, channel)
         planes = x.reshape(1, n * ch, h, w)
         planes = torch.nn.functional.pad(planes, (radius, radius, radius, radius), mode="reflect")
@@ -136,5 +148,5 @@ class Photometric:
         x = self.blur(x, u[:, 6], u[:, 7], table[:, 6])
         solarize = (u[:, 8] < table[:, 7]).view(n, 1, 1, 1)
         x = torch.where(solarize & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
-        x = (x - self.mean) / self.std
+        x = x.sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=torch.channels_last).to(self.dtype)
