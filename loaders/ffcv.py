@@ -20,7 +20,7 @@ import torch
 from loaders.batch import Batch
 from loaders.datasets import data_root
 from loaders.pil import open_rgb
-from loaders.validate import _key
+from loaders.validate import files_key
 
 
 def _import_ffcv():
@@ -67,7 +67,7 @@ def beton_for(split, workers: int) -> Path:
     """The split's .beton, written on first use (atomically) and reused while the files are unchanged."""
     ff = _import_ffcv()
     labels = hashlib.sha1(np.asarray(split.labels, np.int64).tobytes()).hexdigest()[:12]
-    path = data_root() / "ffcv" / f"{_key(split.files)}-{labels}.beton"
+    path = data_root() / "ffcv" / f"{files_key(split.files)}-{labels}.beton"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def problem(path: str) -> str | None:
     return None
 
 
-def _key(files: list[str]) -> str:
+def files_key(files: list[str]) -> str:
     h = hashlib.sha1()
     for f in files:
         try:
@@ -55,7 +55,7 @@ def _key(files: list[str]) -> str:
 
 def scan(files: list[str], cache_dir: Path, workers: int = 8) -> dict[str, str]:
     """{path: reason} for every unusable file; cached by the files' identity."""
-    cache = cache_dir / "scans" / f"{_key(files)}.json"
+    cache = cache_dir / "scans" / f"{files_key(files)}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     with ThreadPoolExecutor(workers) as pool:
