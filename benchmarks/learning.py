@@ -1,6 +1,6 @@
 """The CPU learning check: kNN top-1 at random initialisation, then after a short pre-training run.
 
-Usage: python -m benchmarks.learning [--methods dino swav moco] [--model mnv2] [key=value ...]
+Usage: python -m benchmarks.learning [--methods dino,swav,moco] [--model mnv2] [key=value ...]
 Prints one markdown row per method; the runs land in ``runs/learning/<method>``.
 """
 
@@ -41,13 +41,13 @@ def knn_at_init(overrides: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--methods", nargs="+", default=["dino", "swav", "moco"])
+    p.add_argument("--methods", default="dino,swav,moco", help="comma-separated")
     p.add_argument("--model", default="mnv2")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     print("| method | model | kNN top-1 at init | kNN top-1 after | gain (points) | minutes |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for method in args.methods:
+    for method in args.methods.split(","):
         overrides = [f"method={method}", f"model.name={args.model}", *SHORT, *args.overrides]
         before = knn_at_init(overrides)
         out = f"runs/learning/{method}"
