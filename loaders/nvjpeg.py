@@ -65,6 +65,7 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
         except RuntimeError:  # one file nvJPEG cannot take fails the whole call: go one by one
             pass
     pending = [i for i, im in enumerate(images) if im is None]
+    jpeg_set = set(jpeg)
 
     def decode_one(i):
         try:
@@ -72,7 +73,6 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
         except RuntimeError:
             return None
 
-    jpeg_set = set(jpeg)
     cpu = list(thread_pool().map(decode_one, pending)) if len(pending) > 1 else [decode_one(i) for i in pending]
     for i, im in zip(pending, cpu):
         images[i] = (im if im is not None else decode_fallback(data[i], paths[i])).to(device, non_blocking=True)
@@ -89,7 +89,7 @@ class NvjpegLoader:
         )
 
     def batches_per_epoch(self) -> int:
-        return self.sampler.n // self.sampler.world // self.sampler.batch_size
+        return self.sampler.batches_per_epoch()
 
     def cut(self, images, indices, epoch) -> list[torch.Tensor]:
         params = [view_params(self.seed, epoch, int(i), im.shape[2], im.shape[1], self.groups)

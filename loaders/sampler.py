@@ -21,8 +21,12 @@ class EpochBatchSampler:
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip = epoch, skip_batches
 
+    def batches_per_epoch(self) -> int:
+        """Full batches in a whole epoch, whatever was skipped on resume."""
+        return (self.n // self.world) // self.batch_size
+
     def __len__(self) -> int:
-        return (self.n // self.world) // self.batch_size - self.skip
+        return self.batches_per_epoch() - self.skip
 
     def indices(self, epoch: int) -> np.ndarray:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n)

@@ -17,7 +17,7 @@ class SyntheticLoader:
         self.generator = torch.Generator(device=device)
 
     def batches_per_epoch(self) -> int:
-        return self.sampler.n // self.sampler.world // self.sampler.batch_size
+        return self.sampler.batches_per_epoch()
 
     def epoch(self, epoch: int, skip_batches: int = 0):
         self.sampler.set_epoch(epoch, skip_batches)
