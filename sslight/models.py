@@ -48,7 +48,11 @@ def build_backbone(name: str, small_stem: bool, image_size: int) -> nn.Module:
     if small_stem and not name.startswith("vit"):
         # CIFAR-style stem: no early down-sampling, so 32 px images keep spatial detail.
         if name == "mnv2":
+            # as the CIFAR MobileNetV2 (Sandler et al.'s network as adapted by kuangliu and
+            # solo-learn): stem and the first 24-channel block at stride 1, so 32 px inputs
+            # end on a 4x4 map, not 1x1.
             model.conv_stem.stride = (1, 1)
+            model.blocks[1][0].conv_dw.stride = (1, 1)
         else:
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
             model.maxpool = nn.Identity()
