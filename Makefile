@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SHARED_CIFAR := $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz)
+SHARED_IMAGENET := $(wildcard ../shared/datasets/imagenet-sample.tar)
 export SSLIGHT_DATA ?= $(HOME)/.cache/sslight
 
 MODEL ?=
@@ -18,11 +19,12 @@ RESUME ?=
 SEED ?=
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_OUT ?= runs/bench
 # DALI always; FFCV where its system libraries are installed (.ci/run installs them)
 FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
 EXTRAS ?= dev,dali$(FFCV_EXTRA)
 
-.PHONY: install data-link train test test-all clean
+.PHONY: install data-link bench-data train test test-all bench bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,13 @@ data-link:
 	@if [ -n "$(SHARED_CIFAR)" ] && [ ! -e "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz" ]; then \
 		ln -s "$(realpath $(SHARED_CIFAR))" "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz"; fi
 
+# The ImageNet-sized JPEG sample the loader benchmarks read, unpacked once into the data dir.
+bench-data: data-link
+	@if [ -n "$(SHARED_IMAGENET)" ] && [ ! -d "$(SSLIGHT_DATA)/imagenet-sample" ]; then \
+		mkdir -p "$(SSLIGHT_DATA)/imagenet-sample.tmp" && \
+		tar -xf "$(SHARED_IMAGENET)" -C "$(SSLIGHT_DATA)/imagenet-sample.tmp" && \
+		mv "$(SSLIGHT_DATA)/imagenet-sample.tmp" "$(SSLIGHT_DATA)/imagenet-sample"; fi
+
 train: install data-link
 	$(PY) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
@@ -49,6 +58,14 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+# CPU suite (about 10 minutes here): tables on stdout; CSV, PNG and summary.md in BENCH_OUT
+bench: install bench-data
+	$(PY) -m benchmarks.suite --profile cpu --out "$(BENCH_OUT)"
+
+# GPU suite, one command on one GPU machine
+bench-gpu: install bench-data
+	$(PY) -m benchmarks.suite --profile gpu --out "$(BENCH_OUT)"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -9,7 +9,6 @@ Usage: python -m benchmarks.loaders --data DIR [--backends pil nvjpeg dali ffcv]
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import time
 
@@ -18,7 +17,9 @@ from PIL import ImageFilter, ImageOps
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
+from benchmarks.report import Table
 from loaders import build_loader
+from loaders.registry import missing
 from loaders.batch import ViewGroup
 from loaders.datasets import discover
 from loaders.pil import open_rgb
@@ -64,20 +65,25 @@ class _Solarize:
         return ImageOps.solarize(img, 128) if random.random() < self.p else img
 
 
-def original_transforms(groups):
-    """The original SSLight/DINO data path: every view cut and augmented with PIL in workers."""
-    def view(size, scale, blur, solarize):
+def original_photometric(groups):
+    """The original SSLight/DINO per-view photometric ops, in view order, on a PIL crop."""
+    def view(blur, solarize):
         return T.Compose([
-            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
             _Blur(blur), _Solarize(solarize),
             T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
     g, loc = groups
-    return [view(g.size, g.scale, 1.0, 0.0), view(g.size, g.scale, 0.1, 0.2)] + \
-        [view(loc.size, loc.scale, 0.5, 0.0)] * loc.n
+    return [view(1.0, 0.0), view(0.1, 0.2)] + [view(0.5, 0.0)] * loc.n
+
+
+def original_transforms(groups):
+    """The original SSLight/DINO data path: every view cut and augmented with PIL in workers."""
+    sizes = [groups[0]] * groups[0].n + [groups[1]] * groups[1].n
+    return [T.Compose([T.RandomResizedCrop(g.size, scale=g.scale, interpolation=T.InterpolationMode.BICUBIC),
+                       T.RandomHorizontalFlip(), photometric])
+            for g, photometric in zip(sizes, original_photometric(groups))]
 
 
 class _Original(torch.utils.data.Dataset):
@@ -100,6 +106,8 @@ def rate(iterable, batches: int, batch_size: int, warmup: int = 2) -> float:
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # GPU loaders return before their kernels finish
     return batches * batch_size / (time.perf_counter() - start)
 
 
@@ -116,7 +124,7 @@ def cycle(loader):
         yield from loader
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Table:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--backends", nargs="+", default=["pil", "nvjpeg", "dali", "ffcv"])
@@ -124,11 +132,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--csv", default="")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     split = discover(args.data).train
     groups = RECIPES[args.recipe]
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     n_views = sum(g.n for g in groups)
     rows = []
 
@@ -142,35 +151,29 @@ def main() -> None:
     rows.append(("original SSLight data path (PIL, per view)", "views ready", original))
     photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
                               torch.float32)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=device).manual_seed(0)
     first = [0, groups[0].n]
 
     def augment(batch):
         return [photometric(v, f, generator) for v, f in zip(batch.views, first)]
 
     for backend in args.backends:
-        try:
-            loader = build_loader(backend, split, groups, args.batch, 0, device, args.workers)
-        except (RuntimeError, ImportError) as exc:
-            print(f"skipping {backend}: {exc}")
+        if missing(backend):
+            print(f"skipping {backend}: not installed here")
             continue
+        loader = build_loader(backend, split, groups, args.batch, 0, device, args.workers)
         rows.append((backend, "geometry", rate(cycle_epochs(loader), args.batches, args.batch)))
         rows.append((backend, "views ready", rate(cycle_epochs(loader, augment), args.batches, args.batch)))
 
-    print(f"\n{args.recipe}: {groups[0].n}x{groups[0].size} + {groups[1].n}x{groups[1].size}, batch {args.batch}, "
-          f"{args.workers} workers, {len(split)} images in {args.data}\n")
-    print("| pipeline | output | images/s | views/s | x original | share of decode-only |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    table = Table(f"loaders, {args.recipe}: {groups[0].n}x{groups[0].size} + {groups[1].n}x{groups[1].size}, "
+                  f"batch {args.batch}, {args.workers} workers, {device.type}, {len(split)} images in {args.data}",
+                  ["pipeline", "output", "images/s", "views/s", "x original", "share of decode-only"])
     for name, what, ips in rows:
-        print(f"| {name} | {what} | {ips:,.0f} | {ips * n_views:,.0f} | {ips / original:.2f} | "
-              f"{100 * ips / decode_only:.0f}% |")
+        table.add(name, what, ips, ips * n_views, ips / original, f"{100 * ips / decode_only:.0f}%")
+    table.print()
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["pipeline", "output", "images_per_s", "views_per_s", "x_original", "share_of_decode_only"])
-            for name, what, ips in rows:
-                w.writerow([name, what, f"{ips:.1f}", f"{ips * n_views:.1f}", f"{ips / original:.3f}",
-                            f"{ips / decode_only:.3f}"])
+        table.write_csv(args.csv)
+    return table
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from loaders import build_loader, view_groups
+from loaders.registry import missing as missing_loader
 from loaders.datasets import Dataset, load_dataset, common_image_size
 from sslight import checkpoint, config as config_mod
 from sslight.augment import Photometric, method_photometry
@@ -47,6 +48,9 @@ def default_out(cfg: Config) -> str:
 
 def prepare(cfg: Config, user_keys: set[str]) -> Run:
     """Resolve every auto value and check the inputs; writes nothing in the output folder."""
+    install_hint = missing_loader(cfg.data.loader)
+    if install_hint:
+        raise ConfigError(f"data.loader={cfg.data.loader!r}: not installed here; {install_hint}")
     dataset = load_dataset(cfg.data.path)
     resolve_sizes(cfg, user_keys, common_image_size(dataset.train))
     resolve_runtime(cfg, torch.cuda.is_available())

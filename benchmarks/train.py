@@ -1,0 +1,105 @@
+"""Training throughput through the real trainer: images/s per model x method x mode on the
+synthetic loader (no I/O: the model's bound), then end to end with each real loader, giving
+loader efficiency = real / synthetic images/s and the data-wait share of step time.
+
+Usage: python -m benchmarks.train [--models mnv2] [--methods dino] [--modes fp32_eager]
+       [--loaders pil nvjpeg dali ffcv] [--windows 3] [--log-every 5] [--out runs/bench/train]
+       [--csv out.csv] [key=value ...]
+Each run is ``python -m sslight train --steps N``; figures are the mean of the logged windows
+after the first (the first holds worker start-up and compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import torch
+
+from benchmarks.report import Table
+from loaders.registry import missing
+from sslight.cli import main as cli_main
+from sslight.metrics import read
+
+MODES = {
+    "fp32_eager": ["train.precision=fp32", "train.compile=false"],
+    "bf16_eager": ["train.precision=bf16", "train.compile=false"],
+    "bf16_compiled": ["train.precision=bf16", "train.compile=true"],
+}
+# On a CPU without bf16 units the bf16 modes run 10-20x slower (BENCHMARKS.md, precision) and
+# compiling costs about a minute per shape: the CPU suite measures fp32 eager unless asked.
+DEFAULT_MODES = {"cuda": "fp32_eager,bf16_eager,bf16_compiled", "cpu": "fp32_eager"}
+# evaluation is not timed; a tiny bank keeps its wall time negligible
+QUIET = ["eval.every=0", "eval.bank_limit=100", "eval.query_limit=100", "train.ckpt_every=0"]
+
+
+def throughput(out: Path, overrides: list[str], windows: int, log_every: int) -> tuple[float, float]:
+    """(images/s, data-wait %) of one short training run, the first logged window dropped."""
+    steps = log_every * (windows + 1)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed one
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(["train", "--out", str(out), "--steps", str(steps),
+                         f"train.log_every={log_every}", *QUIET, *overrides])
+    if code:
+        raise RuntimeError(f"training failed ({code}) with {overrides}")
+    records = [r for r in read(out / "metrics.jsonl") if r["kind"] == "train"][-windows:]
+    return (sum(r["images_per_s"] for r in records) / len(records),
+            sum(r["data_wait_pct"] for r in records) / len(records))
+
+
+def main(argv: list[str] | None = None) -> tuple[Table, Table]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="mnv2", help="comma-separated")
+    p.add_argument("--methods", default="dino", help="comma-separated")
+    p.add_argument("--modes", default=DEFAULT_MODES[device], help=f"comma-separated of {', '.join(MODES)}")
+    p.add_argument("--loaders", default="pil,nvjpeg,dali,ffcv", help="comma-separated; empty = none")
+    p.add_argument("--windows", type=int, default=3)
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--out", default="runs/bench/train")
+    p.add_argument("--csv", default="", help="path prefix: writes <prefix>_model.csv and <prefix>_loaders.csv")
+    p.add_argument("overrides", nargs="*", help="key=value for every run, e.g. data.limit=2000")
+    args = p.parse_args(argv)
+    models, methods = args.models.split(","), args.methods.split(",")
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES:
+            p.error(f"--modes: unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    out = Path(args.out)
+    bound = Table(f"training, synthetic loader (model bound), {device}",
+                  ["model", "method", "mode", "images/s", "x fp32 eager"])
+    synthetic: dict[tuple, float] = {}
+    for model in models:
+        for method in methods:
+            for mode in modes:
+                ips, _ = throughput(out / f"{model}_{method}_{mode}_synthetic",
+                                    [f"model.name={model}", f"method={method}", "data.loader=synthetic",
+                                     *MODES[mode], *args.overrides], args.windows, args.log_every)
+                synthetic[model, method, mode] = ips
+                base = synthetic.get((model, method, "fp32_eager"))
+                bound.add(model, method, mode, ips, ips / base if base else float("nan"))
+    bound.print()
+    end_to_end = Table(f"training end to end, {device}",
+                       ["model", "method", "mode", "loader", "images/s", "efficiency", "data wait %"])
+    for (model, method, mode), ips_bound in synthetic.items():
+        end_to_end.add(model, method, mode, "synthetic", ips_bound, 1.0, 0.0)
+        for loader in filter(None, args.loaders.split(",")):
+            if missing(loader):
+                print(f"skipping {loader}: not installed here")
+                continue
+            ips, wait = throughput(out / f"{model}_{method}_{mode}_{loader}",
+                                   [f"model.name={model}", f"method={method}", f"data.loader={loader}",
+                                    *MODES[mode], *args.overrides], args.windows, args.log_every)
+            end_to_end.add(model, method, mode, loader, ips, ips / ips_bound, wait)
+    end_to_end.print()
+    if args.csv:
+        bound.write_csv(f"{args.csv}_model.csv")
+        end_to_end.write_csv(f"{args.csv}_loaders.csv")
+    return bound, end_to_end
+
+
+if __name__ == "__main__":
+    main()
