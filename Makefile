@@ -24,7 +24,7 @@ BENCH_OUT ?= runs/bench
 FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
 EXTRAS ?= dev,dali$(FFCV_EXTRA)
 
-.PHONY: install data-link bench-data train test test-all bench bench-gpu clean
+.PHONY: install data-link bench-data gpu-data train test test-all bench bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,21 @@ bench: install bench-data
 # GPU suite, one command on one GPU machine
 bench-gpu: install bench-data
 	$(PY) -m benchmarks.suite --profile gpu --out "$(BENCH_OUT)"
+
+# What the GPU machine needs beside the repo (under its 64 MiB carry limit): the CIFAR-10
+# archive, 200 ImageNet-sized JPEGs and the pure-Python wheels it lacks. Then, there:
+# bash scripts/gpu_check.sh
+GPU_WHEELS := rich markdown-it-py mdurl pygments pytest iniconfig pluggy packaging matplotlib contourpy \
+	cycler fonttools kiwisolver pyparsing python-dateutil six
+gpu-data: install
+	rm -rf gpu_data && mkdir -p gpu_data/wheels gpu_data/imagenet-sample
+	cp "$(realpath $(SHARED_CIFAR))" gpu_data/
+	tar -xf "$(SHARED_IMAGENET)" -C gpu_data/imagenet-sample --wildcards '*.JPEG'
+	find gpu_data/imagenet-sample -type f | sort | tail -n +201 | tr '\n' '\0' | xargs -0 rm -f
+	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+		--no-deps -d gpu_data/wheels $(GPU_WHEELS)
+	printf '%s\n' $(GPU_WHEELS) > gpu_data/wheels/requirements.txt
+	du -sh gpu_data
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -138,11 +138,15 @@ class Photometric:
         return planes.view(n, ch, h, w)
 
     def __call__(self, views: torch.Tensor, first_view: int, generator: torch.Generator) -> torch.Tensor:
+        n = views.shape[0] * views.shape[1]
+        return self.apply(views, first_view, torch.rand(n, 9, generator=generator, device=self.device))
+
+    def apply(self, views: torch.Tensor, first_view: int, u: torch.Tensor) -> torch.Tensor:
+        """Augments with the given uniform draws ``u`` (n_views*B, 9): one row per output view."""
         n_views, batch = views.shape[:2]
         table = self.table[first_view:first_view + n_views].repeat_interleave(batch, 0)
         x = views.flatten(0, 1).float().div_(255)
         n, _, h, w = x.shape
-        u = torch.rand(n, 9, generator=generator, device=self.device)
         m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], x.mean((2, 3)))
         x = torch.baddbmm(o.unsqueeze(-1), m, x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 1)
         x = self.blur(x, u[:, 6], u[:, 7], table[:, 6])

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-CIFAR_ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
+# the GPU machine has no ../shared: scripts/gpu_check.sh points here at its carried copy
+CIFAR_ARCHIVE = Path(os.environ.get("SSLIGHT_CIFAR_ARCHIVE") or SHARED / "cifar10-jpeg.tar.gz")
 
 # Small heads keep the CPU tests fast; the method code paths are the full ones.
 TINY = [

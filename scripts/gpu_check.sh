@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole GPU check in one call on the GPU machine (no network there; torch, torchvision, timm
+# and Triton preinstalled): `make gpu-data` here first, then carry gpu_data/ and run
+#   bash scripts/gpu_check.sh
+# CUDA tests (nvJPEG + Triton crop kernel, Photometric, compiled bf16 steps), the backend
+# contract tests on the GPU's Python, then the GPU benchmark suite into $OUT/bench (or runs/bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_IN=gpu_data
+OUT_DIR=${OUT:-runs}
+python -m pip install -q --no-index --find-links "$DATA_IN/wheels" -r "$DATA_IN/wheels/requirements.txt"
+export PYTHONPATH=$PWD SSLIGHT_DATA=$(mktemp -d) SSLIGHT_CIFAR_ARCHIVE=$PWD/$DATA_IN/cifar10-jpeg.tar.gz
+ln -s "$PWD/$DATA_IN/cifar10-jpeg.tar.gz" "$SSLIGHT_DATA/"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_backends.py tests/test_nvjpeg.py tests/test_augment.py
+python -m benchmarks.suite --profile gpu --imagenet "$DATA_IN/imagenet-sample" --out "$OUT_DIR/bench"
