@@ -71,8 +71,9 @@ class Photometric:
         self.sigma_scale = global_size / REFERENCE_SIZE
         self.max_radius = math.ceil(3 * SIGMA_RANGE[1] * self.sigma_scale)
         f = dict(device=device)
-        self.mean = torch.tensor(IMAGENET_MEAN, **f).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, **f).view(1, 3, 1, 1)
+        self.solarizes = [s.solarize_p > 0 for s in settings]
+        std = torch.tensor(IMAGENET_STD, **f).view(1, 3, 1, 1)
+        self.norm_scale, self.norm_shift = 1 / std, -torch.tensor(IMAGENET_MEAN, **f).view(1, 3, 1, 1) / std
         self.luma = torch.tensor(LUMA, **f)
         self.grey = torch.ones(3, 1, **f) @ self.luma.view(1, 3)
         self.rgb_to_yiq, self.yiq_to_rgb = (m.to(device) for m in _yiq())
@@ -118,11 +119,11 @@ class Photometric:
         kernel = kernel / kernel.sum(1, keepdim=True)
         on = u_on < blur_p
         if x.device.type == "cpu":
-            # a host sync is free on the CPU: blur only the samples drawn for blur
+            # a host sync is free on the CPU: blur only the samples drawn for blur, in place
             chosen = on.nonzero().squeeze(1)
-            if not len(chosen):
-                return x
-            return x.index_copy(0, chosen, self._separable(x[chosen], kernel[chosen], radius))
+            if len(chosen):
+                x.index_copy_(0, chosen, self._separable(x[chosen], kernel[chosen], radius))
+            return x
         # on an accelerator, no sync: samples without blur get an identity kernel
         identity = (taps == 0).to(x.dtype).expand_as(kernel)
         return self._separable(x, torch.where(on.view(-1, 1), kernel, identity), radius)
@@ -145,12 +146,23 @@ class Photometric:
         """Augments with the given uniform draws ``u`` (n_views*B, 9): one row per output view."""
         n_views, batch = views.shape[:2]
         table = self.table[first_view:first_view + n_views].repeat_interleave(batch, 0)
-        x = views.flatten(0, 1).float().div_(255)
+        x = views.flatten(0, 1).float()  # 0..255: the colour matrix takes the 1/255 scale
         n, _, h, w = x.shape
-        m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], x.mean((2, 3)))
-        x = torch.baddbmm(o.unsqueeze(-1), m, x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 1)
+        m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], x.mean((2, 3)) / 255)
+        x = torch.baddbmm(o.unsqueeze(-1), m / 255, x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 1)
         x = self.blur(x, u[:, 6], u[:, 7], table[:, 6])
-        solarize = (u[:, 8] < table[:, 7]).view(n, 1, 1, 1)
-        x = torch.where(solarize & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
-        x = x.sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last).to(self.dtype)
+        if any(self.solarizes[first_view:first_view + n_views]):
+            x = self.solarize(x, u[:, 8] < table[:, 7])
+        # normalise and change layout in one pass
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        return torch.addcmul(self.norm_shift, x, self.norm_scale, out=out).to(self.dtype)
+
+    @staticmethod
+    def solarize(x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":  # as blur: only the chosen samples, in place
+            chosen = on.nonzero().squeeze(1)
+            if len(chosen):
+                part = x[chosen]
+                x.index_copy_(0, chosen, torch.where(part >= SOLARIZE_THRESHOLD, 1 - part, part))
+            return x
+        return torch.where(on.view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
