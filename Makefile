@@ -16,6 +16,7 @@ STEPS ?=
 OUT ?=
 RESUME ?=
 SEED ?=
+NPROC ?= 1
 ARGS ?=
 PYTEST_ARGS ?=
 # DALI always; FFCV where its system libraries are installed (.ci/run installs them)
@@ -39,8 +40,11 @@ data-link:
 	@if [ -n "$(SHARED_CIFAR)" ] && [ ! -e "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz" ]; then \
 		ln -s "$(realpath $(SHARED_CIFAR))" "$(SSLIGHT_DATA)/cifar10-jpeg.tar.gz"; fi
 
+# NPROC > 1: that many processes on this machine through torchrun (DDP; gloo on CPU, NCCL on CUDA)
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY))
+
 train: install data-link
-	$(PY) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
+	$(LAUNCH) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
 		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
 
