@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import torch
 from torch import nn
@@ -110,8 +111,9 @@ class StopSignals:
         self._previous = {}
 
     def __enter__(self) -> "StopSignals":
-        for s in self.SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
