@@ -17,6 +17,7 @@ STEPS ?=
 OUT ?=
 RESUME ?=
 SEED ?=
+NPROC ?= 1
 ARGS ?=
 PYTEST_ARGS ?=
 BENCH_OUT ?= runs/bench
@@ -48,8 +49,11 @@ bench-data: data-link
 		tar -xf "$(SHARED_IMAGENET)" -C "$(SSLIGHT_DATA)/imagenet-sample.tmp" && \
 		mv "$(SSLIGHT_DATA)/imagenet-sample.tmp" "$(SSLIGHT_DATA)/imagenet-sample"; fi
 
+# NPROC > 1: that many processes on this machine through torchrun (DDP; gloo on CPU, NCCL on CUDA)
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY))
+
 train: install data-link
-	$(PY) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
+	$(LAUNCH) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
 		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
 

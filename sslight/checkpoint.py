@@ -49,6 +49,9 @@ def save(obj, out: Path, epoch: int, step: int) -> Path:
     save_atomic(obj, path)
     for old in complete(out)[:-KEEP]:
         old.unlink(missing_ok=True)
+    # temp files of a writer killed mid-write: never loaded, but each is a checkpoint's size
+    for partial in out.glob(".ckpt-*.pt.tmp-*"):
+        partial.unlink(missing_ok=True)
     return path
 
 

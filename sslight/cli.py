@@ -48,5 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"sslight: error: {exc}", file=sys.stderr)
         return 2
-    train(run)
+    from sslight import distributed, faults
+
+    try:
+        train(run)
+    except faults.TrainingStopped as exc:
+        print(f"sslight: error: {exc}", file=sys.stderr)
+        return 1
+    except faults.Interrupted as exc:
+        if run.dist.main:
+            print(f"sslight: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        distributed.shutdown()
     return 0

@@ -132,6 +132,8 @@ class TrainConfig:
     precision: str = AUTO  # auto = bf16 on CUDA; on CPU by model family (measured)
     log_every: int = 10
     ckpt_every: int = 0  # extra checkpoint every N steps; 0 = once per epoch
+    skip_nonfinite: int = 0  # steps with a non-finite loss whose update may be skipped; 0 = stop at the first
+    sync_bn: bool = False  # SyncBatchNorm: batch statistics over all processes (CUDA)
 
 
 @dataclass
@@ -298,7 +300,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"loss.alpha={alpha}: must be in [0, 1] or 'auto'")
     for key in ("train.steps", "data.workers", "data.limit", "train.ckpt_every",
                 "eval.every", "eval.bank_limit", "eval.query_limit", "optim.warmup_epochs",
-                "optim.clip_grad", "moco.queue_length", "swav.queue_length"):
+                "optim.clip_grad", "moco.queue_length", "swav.queue_length", "train.skip_nonfinite"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
     for key in ("train.batch_size", "train.log_every", "eval.k"):

@@ -49,3 +49,11 @@ def cross_entropy_pairs(targets: torch.Tensor, log_probs: torch.Tensor) -> torch
 
 def weighted_pair_loss(pair_losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (pair_losses * weights).sum()
+
+
+def pair_loss_terms(pair_losses: torch.Tensor, weights: torch.Tensor, global_students: int) -> dict:
+    """The weighted loss split into its global-global and global-local parts (detached), so a
+    bad loss can be traced to the views it came from; the first ``global_students`` student
+    columns are global views."""
+    weighted = (pair_losses * weights).detach()
+    return dict(global_global=weighted[:, :global_students].sum(), global_local=weighted[:, global_students:].sum())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from rich.console import Console
 from loaders import build_loader, view_groups
 from loaders.registry import missing as missing_loader
 from loaders.datasets import Dataset, load_dataset, common_image_size
-from sslight import checkpoint, config as config_mod
+from sslight import checkpoint, config as config_mod, distributed, faults, trace
 from sslight.augment import Photometric, method_photometry
 from sslight.config import AUTO, Config, ConfigError
 from sslight.knn import extract, knn_top1
@@ -40,6 +40,7 @@ class Run:
     device: torch.device
     out: Path
     resume_from: Path | None
+    dist: distributed.Dist = field(default_factory=distributed.Dist)
 
 
 def default_out(cfg: Config) -> str:
@@ -51,9 +52,13 @@ def prepare(cfg: Config, user_keys: set[str]) -> Run:
     install_hint = missing_loader(cfg.data.loader)
     if install_hint:
         raise ConfigError(f"data.loader={cfg.data.loader!r}: not installed here; {install_hint}")
-    dataset = load_dataset(cfg.data.path)
-    resolve_sizes(cfg, user_keys, common_image_size(dataset.train))
     resolve_runtime(cfg, torch.cuda.is_available())
+    dist, device = distributed.init(cfg.train.device)
+    with distributed.rank0_first(dist):  # rank 0 prepares the dataset and its caches once
+        dataset = load_dataset(cfg.data.path)
+    resolve_sizes(cfg, user_keys, common_image_size(dataset.train))
+    if cfg.train.sync_bn and dist.world > 1 and device.type != "cuda":
+        raise ConfigError("train.sync_bn=true: SyncBatchNorm needs CUDA devices; allowed on CPU: false")
     if cfg.train.out == AUTO:
         cfg.train.out = default_out(cfg)
     out = Path(cfg.train.out)
@@ -64,10 +69,12 @@ def prepare(cfg: Config, user_keys: set[str]) -> Run:
         resume_from = Path(cfg.train.resume)
         if not resume_from.is_file():
             raise ConfigError(f"train.resume={cfg.train.resume!r}: no such checkpoint file")
-    per_rank = len(dataset.train.subset(cfg.data.limit, cfg.train.seed))
+    resume_from = distributed.broadcast_object(resume_from, dist)  # every rank resumes rank 0's choice
+    per_rank = len(dataset.train.subset(cfg.data.limit, cfg.train.seed)) // dist.world
     if per_rank < cfg.train.batch_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images")
-    return Run(cfg, dataset, torch.device(cfg.train.device), out, resume_from)
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images"
+                          + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
+    return Run(cfg, dataset, device, out, resume_from, dist)
 
 
 def seed_everything(seed: int) -> None:
@@ -99,6 +106,8 @@ class Schedules:
 def build_method(cfg: Config, device: torch.device):
     backbone = build_backbone(cfg.model.name, cfg.model.small_stem, cfg.views.global_size)
     method = METHODS[cfg.method](cfg, backbone, cfg.views.n_global, cfg.views.n_local)
+    if cfg.train.sync_bn:
+        method = distributed.convert_sync_bn(method)
     method = method.to(device, memory_format=torch.channels_last)
     if cfg.train.compile:
         # compiled per resolution group: each backbone sees exactly two static shapes
@@ -109,12 +118,20 @@ def build_method(cfg: Config, device: torch.device):
 
 
 def train(run: Run, console: Console | None = None) -> dict:
-    cfg, device = run.cfg, run.device
-    console = console or Console(stderr=True)
+    """Train; SIGTERM or Ctrl-C ends it with a checkpoint at the current step and raises
+    :class:`faults.Interrupted`."""
+    with faults.StopSignals(run.device) as signals:
+        return train_until_stopped(run, signals, console)
+
+
+def train_until_stopped(run: Run, signals: faults.StopSignals, console: Console | None = None) -> dict:
+    cfg, device, dist = run.cfg, run.device, run.dist
+    console = console or Console(stderr=True, quiet=not dist.main)
     t = cfg.train
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run.out)
-    if run.dataset.excluded:
+    if dist.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, run.out)
+    if run.dataset.excluded and dist.main:
         listing = run.out / "excluded_files.txt"
         listing.write_text("".join(f"{f}\t{r}\n" for f, r in sorted(run.dataset.excluded.items())))
         console.print(f"[yellow]warning: excluded {len(run.dataset.excluded)} unreadable files; "
@@ -125,9 +142,11 @@ def train(run: Run, console: Console | None = None) -> dict:
     groups = view_groups(cfg.views)
     method = build_method(cfg, device)
     ssl_split = run.dataset.train.subset(cfg.data.limit, t.seed)
-    loader = build_loader(cfg.data.loader, ssl_split, groups, t.batch_size, t.seed, device, cfg.data.workers)
+    loader = build_loader(cfg.data.loader, ssl_split, groups, t.batch_size, t.seed, device, cfg.data.workers,
+                          dist.rank, dist.world)
     steps_per_epoch = loader.batches_per_epoch()
-    sched = Schedules(cfg, steps_per_epoch)
+    sched = Schedules(cfg, steps_per_epoch, dist.world)
+    model = distributed.wrap(method, dist)  # the loss is the forward pass; gradients averaged over ranks
     optimizer = build_optimizer(cfg.optim.name, param_groups(method.trainable()), cfg.optim.momentum,
                                 cfg.optim.eta, device)
     n_classes = len(run.dataset.classes)
@@ -135,6 +154,9 @@ def train(run: Run, console: Console | None = None) -> dict:
     if cfg.probe.enabled and n_classes:
         probe = torch.nn.Linear(method.backbone.num_features, n_classes).to(device)
         probe_opt = torch.optim.SGD(probe.parameters(), lr=cfg.probe.lr, momentum=0.9)
+    probe_model = distributed.wrap(probe, dist) if probe is not None else None
+    guard = faults.NonFiniteGuard(t.skip_nonfinite, device)
+    tracer = trace.from_env(dist.rank)
 
     epoch, step, skip = 0, 0, 0
     resumed_loss_sum = 0.0  # the finished part of a resumed epoch, so epoch means stay exact
@@ -147,34 +169,50 @@ def train(run: Run, console: Console | None = None) -> dict:
             probe_opt.load_state_dict(state["probe_opt"])
         epoch, step, skip = state["epoch"], state["step"], state["batch_in_epoch"]
         resumed_loss_sum = state["epoch_loss_sum"]
+        guard.skipped_in_epoch = state.get("skipped_in_epoch", 0)
         torch.set_rng_state(state["rng"]["torch"])
         console.print(f"resumed from {run.resume_from} at epoch {epoch}, step {step}")
 
-    def save(epoch_: int, batch_in_epoch: int, epoch_loss_sum: float) -> Path:
+    def save(epoch_: int, batch_in_epoch: int, epoch_loss_sum: torch.Tensor) -> Path | None:
+        """Rank 0 writes; every rank takes part in the checks before it (collectives)."""
+        guard.check(epoch_)  # raises before a non-finite update could be saved
+        epoch_loss_sum = distributed.mean_across_ranks(epoch_loss_sum).item()
+        if not dist.main:
+            return None
         state = dict(method=method.state_dict(), optimizer=optimizer.state_dict(),
                      probe=probe.state_dict() if probe is not None else None,
                      probe_opt=probe_opt.state_dict() if probe_opt is not None else None,
                      epoch=epoch_, step=step, batch_in_epoch=batch_in_epoch, epoch_loss_sum=epoch_loss_sum,
+                     skipped_in_epoch=guard.skipped_in_epoch if batch_in_epoch else 0,
                      rng=dict(torch=torch.get_rng_state()), config=config_mod.to_dict(cfg))
-        return checkpoint.save(state, run.out, epoch_, step)
+        try:
+            return checkpoint.save(state, run.out, epoch_, step)
+        except OSError as exc:
+            previous = checkpoint.latest(run.out)
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
+            raise faults.TrainingStopped(f"checkpoint at step {step} not written: {exc.strerror or exc} "
+                                         f"({run.out}); {kept}") from exc
 
     photometric = Photometric(method_photometry(cfg.method, cfg.views.n_global, cfg.views.n_local),
                               cfg.views.global_size, device, dtype)
     first_view = np.cumsum([0] + [g.n for g in groups])[:-1].tolist()
     generator = torch.Generator(device=device)
-    log = MetricsLog(run.out)
+    log = MetricsLog(run.out, enabled=dist.main)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == torch.bfloat16 \
         else contextlib.nullcontext
     max_steps = t.steps or t.epochs * steps_per_epoch
     summary: dict = dict(out=str(run.out))
     stopped = step >= max_steps
+    interrupted = 0  # the signal that stopped the run
 
     while epoch < t.epochs and not stopped:
         method.train()
         loss_sum = torch.full((), resumed_loss_sum if skip else 0.0, device=device, dtype=torch.float64)
         window_loss = torch.zeros((), device=device)
         probe_correct = torch.zeros((), device=device)
-        seen, wait_time, window_start, window_steps = 0, 0.0, time.perf_counter(), 0
+        seen, wait_time, window_start, window_steps, window_skipped = 0, 0.0, time.perf_counter(), 0, 0
+        if not skip:
+            guard.skipped_in_epoch = 0
         shown = dict(loss="-", lr="-", ips="-", wait="-")
         with epoch_bar(console) as bar:
             task = bar.add_task("train", total=steps_per_epoch, completed=skip, epoch=epoch, **shown)
@@ -190,56 +228,81 @@ def train(run: Run, console: Console | None = None) -> dict:
                 set_schedule(optimizer, float(sched.lr[step]), float(sched.wd[step]))
                 generator.manual_seed(step_seed(t.seed, step))
                 views = [photometric(v, first, generator) for v, first in zip(batch.views, first_view)]
+                views = faults.poison_from_env(views, step + 1)
+                snapshot = guard.snapshot(method)
                 with autocast():
-                    loss, _, feats = method.loss(views, ctx)
+                    loss, terms, feats = model(views, ctx)
+                guard.record(step + 1, loss, terms)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.optim.clip_grad:
-                    torch.nn.utils.clip_grad_norm_([p for m in method.trainable() for p in m.parameters()],
-                                                   cfg.optim.clip_grad)
-                method.before_optimizer_step(ctx)
-                optimizer.step()
-                method.after_optimizer_step(ctx)
-                if probe is not None:
-                    with autocast():
-                        logits = probe(feats.detach())
-                    probe_opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(logits.float(), batch.labels).backward()
-                    probe_opt.step()
-                    probe_correct += (logits.argmax(1) == batch.labels).sum()
-                loss_sum += loss.detach()
-                window_loss += loss.detach()
-                seen += batch.size
+                skipped = guard.check(epoch) if guard.per_step else None
+                if skipped:
+                    console.print(f"[yellow]warning: {skipped}")
+                    guard.restore(method, snapshot)
+                    window_skipped += 1
+                else:
+                    if cfg.optim.clip_grad:
+                        torch.nn.utils.clip_grad_norm_([p for m in method.trainable() for p in m.parameters()],
+                                                       cfg.optim.clip_grad)
+                    method.before_optimizer_step(ctx)
+                    optimizer.step()
+                    method.after_optimizer_step(ctx)
+                    if probe is not None:
+                        with autocast():
+                            logits = probe_model(feats.detach())
+                        probe_opt.zero_grad(set_to_none=True)
+                        F.cross_entropy(logits.float(), batch.labels).backward()
+                        probe_opt.step()
+                        probe_correct += (logits.argmax(1) == batch.labels).sum()
+                        seen += batch.size
+                    loss_sum += loss.detach()
+                    window_loss += loss.detach()
+                if tracer is not None:
+                    tracer.write(step + 1, batch, method)
                 step += 1
                 batch_in_epoch += 1
                 window_steps += 1
-                if step % t.log_every == 0 or batch_in_epoch == steps_per_epoch or step >= max_steps:
-                    loss_value = (window_loss / window_steps).item()  # the one host sync
+                log_now = step % t.log_every == 0 or batch_in_epoch == steps_per_epoch or step >= max_steps
+                trained = window_steps - window_skipped
+                if log_now and trained:
+                    guard.check(epoch)  # raises on a non-finite loss since the last check
+                    # the one host sync; the loss averaged over ranks
+                    loss_value = (distributed.mean_across_ranks(window_loss) / trained).item()
                     elapsed = time.perf_counter() - window_start
-                    ips = window_steps * batch.size / elapsed
+                    ips = window_steps * batch.size * dist.world / elapsed
                     wait = 100 * wait_time / elapsed
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"loss is {loss_value} at step {step} (epoch {epoch})")
                     shown = dict(loss=f"{loss_value:.4f}", lr=f"{sched.lr[step - 1]:.2e}", ips=f"{ips:.0f}",
                                  wait=f"{wait:.0f}")
                     log.write("train", step, epoch=epoch, loss=loss_value, lr=float(sched.lr[step - 1]),
                               images_per_s=ips, data_wait_pct=wait)
-                    window_start, window_steps, wait_time = time.perf_counter(), 0, 0.0
+                if log_now:
+                    window_start, window_steps, window_skipped, wait_time = time.perf_counter(), 0, 0, 0.0
                     window_loss.zero_()
                 bar.update(task, advance=1, **shown)
-                if t.ckpt_every and step % t.ckpt_every == 0 and batch_in_epoch < steps_per_epoch:
-                    save(epoch, batch_in_epoch, loss_sum.item())
-                if step >= max_steps:
+                interrupted = signals.requested(sync_point=log_now)
+                if t.ckpt_every and step % t.ckpt_every == 0 and batch_in_epoch < steps_per_epoch and not interrupted:
+                    save(epoch, batch_in_epoch, loss_sum)
+                if step >= max_steps or interrupted:
                     stopped = True
                     break
-        epoch_record = dict(epoch=epoch, loss=(loss_sum / max(batch_in_epoch, 1)).item(), steps=step)
+        trained_in_epoch = max(batch_in_epoch - guard.skipped_in_epoch, 1)
+        epoch_record = dict(epoch=epoch, loss=(distributed.mean_across_ranks(loss_sum) / trained_in_epoch).item(),
+                            steps=step)
         if probe is not None and seen:
-            epoch_record["probe_train_top1"] = 100 * probe_correct.item() / seen
+            seen_everywhere = distributed.sum_across_ranks(torch.tensor(seen, device=device)).item()
+            epoch_record["probe_train_top1"] = 100 * distributed.sum_across_ranks(probe_correct).item() / seen_everywhere
         finished_epoch = batch_in_epoch == steps_per_epoch
-        save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_in_epoch,
-             0.0 if finished_epoch else loss_sum.item())
+        saved = save(epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_in_epoch,
+                     torch.zeros_like(loss_sum) if finished_epoch else loss_sum)
+        if interrupted:
+            log.write("epoch", step, **epoch_record)
+            distributed.barrier()  # no rank exits (and so no launcher kills rank 0) before the checkpoint is written
+            log.close()
+            raise faults.Interrupted(interrupted, f"stopped by {signal.Signals(interrupted).name} at step {step}; "
+                                     f"checkpoint {saved}; continue with --resume auto")
         last = stopped or epoch + 1 == t.epochs
-        if run.dataset.test is not None and ((cfg.eval.every and (epoch + 1) % cfg.eval.every == 0) or last):
+        if run.dataset.test is not None and dist.main and (
+                (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0) or last):
             epoch_record.update(evaluate(run, method, probe, dtype))
         log.write("epoch", step, **epoch_record)
         console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -40,6 +40,10 @@ class Method(nn.Module):
     def loss(self, groups: list[torch.Tensor], ctx: StepContext):
         raise NotImplementedError
 
+    def forward(self, groups: list[torch.Tensor], ctx: StepContext):
+        """The loss is the forward pass, so DistributedDataParallel can wrap the whole method."""
+        return self.loss(groups, ctx)
+
     def before_optimizer_step(self, ctx: StepContext) -> None:
         """Drop gradients of parameters frozen at this point of the schedule."""
 

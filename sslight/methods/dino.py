@@ -7,7 +7,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from sslight.losses import cross_entropy_pairs, pair_weights, weighted_pair_loss
+from sslight import distributed
+from sslight.losses import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
 from sslight.methods.base import Method, StepContext
 from sslight.models import DinoHead, Encoder
 from sslight.optim import ema_update
@@ -36,12 +37,15 @@ class Dino(Method):
         targets = F.softmax((teacher_out - self.center) / ctx.teacher_temp, -1).view(self.n_global, batch, -1)
         pairs = cross_entropy_pairs(targets, log_probs)
         self.update_center(teacher_out)
-        return weighted_pair_loss(pairs, self.weights), {}, feats[:batch]
+        terms = pair_loss_terms(pairs, self.weights, self.n_global)
+        return weighted_pair_loss(pairs, self.weights), terms, feats[:batch]
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
         m = self.cfg.dino.center_momentum
-        self.center.mul_(m).add_(teacher_out.mean(0, keepdim=True), alpha=1 - m)
+        # the mean over the global batch (equal batches per rank), so the centre stays equal on every rank
+        batch_center = distributed.mean_across_ranks(teacher_out.mean(0, keepdim=True))
+        self.center.mul_(m).add_(batch_center, alpha=1 - m)
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         if ctx.epoch < self.cfg.dino.freeze_last_layer:

@@ -7,7 +7,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from sslight.losses import pair_weights, weighted_pair_loss
+from sslight import distributed
+from sslight.losses import pair_loss_terms, pair_weights, weighted_pair_loss
 from sslight.methods.base import Method, StepContext
 from sslight.models import Encoder, ProjectionHead
 from sslight.optim import ema_update
@@ -38,8 +39,9 @@ class Moco(Method):
         logits = torch.cat([positive, negative], -1) / m.temperature
         # InfoNCE per (key view, query view) pair: the positive sits at index 0
         per_pair = -F.log_softmax(logits, -1)[..., 0].mean(1).unsqueeze(0)
-        self.enqueue(keys)
-        return weighted_pair_loss(per_pair, self.weights), {}, feats[:batch]
+        self.enqueue(distributed.gather_across_ranks(keys))  # every rank's keys: one queue, equal on all ranks
+        terms = pair_loss_terms(per_pair, self.weights, self.n_global - 1)
+        return weighted_pair_loss(per_pair, self.weights), terms, feats[:batch]
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

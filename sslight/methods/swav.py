@@ -6,20 +6,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslight.losses import cross_entropy_pairs, pair_weights, weighted_pair_loss
+from sslight import distributed
+from sslight.losses import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
 from sslight.methods.base import Method, StepContext
 from sslight.models import Encoder, ProjectionHead
 
 
 @torch.no_grad()
-def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    """Equal-partition soft assignments for a stack of score matrices (n, B, K), batched over n."""
+def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int, shared: int = 0) -> torch.Tensor:
+    """Equal-partition soft assignments for a stack of score matrices (n, B, K), batched over n.
+
+    With several ranks the samples after the first ``shared`` are this rank's share of the
+    global batch: sums over samples run over every rank's share (all-reduced, as in SwAV's
+    distributed Sinkhorn), while the first ``shared`` samples (the queue, equal on every rank)
+    count once. The result is the single-process one for the global batch.
+    """
     q = scores.float() / epsilon
-    q = torch.exp(q - q.amax(dim=(1, 2), keepdim=True))
-    q = q / q.sum(dim=(1, 2), keepdim=True)
-    b, k = q.shape[1:]
+    q = torch.exp(q - distributed.max_across_ranks(q.amax(dim=(1, 2), keepdim=True)))
+    k = q.shape[2]
+    if distributed.active():
+        def sample_sum(x, dims):
+            return x[:, :shared].sum(dims, keepdim=True) + distributed.sum_across_ranks(x[:, shared:].sum(dims, keepdim=True))
+        b = shared + (q.shape[1] - shared) * distributed.world_size()
+    else:
+        def sample_sum(x, dims):
+            return x.sum(dims, keepdim=True)
+        b = q.shape[1]
+    q = q / sample_sum(q, (1, 2))
     for _ in range(iterations):
-        q = q / (q.sum(1, keepdim=True) * k)  # each prototype gets 1/K of the mass
+        q = q / (sample_sum(q, 1) * k)  # each prototype gets 1/K of the mass
         q = q / (q.sum(2, keepdim=True) * b)  # each sample gets 1/B of the mass
     return q * b
 
@@ -52,14 +67,17 @@ class Swav(Method):
             # queued embeddings join the Sinkhorn batch once the queue is full (as in SwAV)
             queued = self.queue @ self.prototypes.weight.detach().T
             full = self.queue_filled >= s.queue_length
-            targets = sinkhorn(torch.cat([queued, global_scores], 1), s.epsilon, s.sinkhorn_iterations)[:, -batch:]
+            targets = sinkhorn(torch.cat([queued, global_scores], 1), s.epsilon, s.sinkhorn_iterations,
+                               shared=queued.shape[1])[:, -batch:]
             targets = torch.where(full, targets, sinkhorn(global_scores, s.epsilon, s.sinkhorn_iterations))
-            self.enqueue(z[: self.n_global * batch].detach().view(self.n_global, batch, -1))
+            # every rank's embeddings: one queue, equal on all ranks, as a single process would fill it
+            self.enqueue(distributed.gather_across_ranks(z[: self.n_global * batch].detach().view(self.n_global, batch, -1), 1))
         else:
             targets = sinkhorn(global_scores, s.epsilon, s.sinkhorn_iterations)
         log_probs = F.log_softmax(scores / s.temperature, -1).view(-1, batch, scores.shape[-1])
         pairs = cross_entropy_pairs(targets, log_probs)
-        return weighted_pair_loss(pairs, self.weights), {}, feats[:batch]
+        terms = pair_loss_terms(pairs, self.weights, self.n_global)
+        return weighted_pair_loss(pairs, self.weights), terms, feats[:batch]
 
     @torch.no_grad()
     def enqueue(self, z: torch.Tensor) -> None:
