@@ -14,6 +14,8 @@ FLAGS = {
     "data": "data.path", "epochs": "train.epochs", "batch": "train.batch_size", "steps": "train.steps",
     "out": "train.out", "resume": "train.resume", "seed": "train.seed",
 }
+SWEEP_OWN = ("out", "resume")  # flags that mean the sweep's folder and resume mode, not a run's
+DEFAULT_SWEEP_OUT = "runs/sweep"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,11 +25,21 @@ def parser() -> argparse.ArgumentParser:
     for flag, key in FLAGS.items():
         train.add_argument(f"--{flag}", default="", help=f"sets {key}")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="any dotted config key")
+    sweep = sub.add_parser("sweep", help="a grid of short runs, each evaluated; table and plots")
+    sweep.add_argument("--sweep", default="", help='the grid, e.g. "recipe=baseline,sslight loss.alpha=auto,0.4"')
+    for flag, key in FLAGS.items():
+        if flag not in SWEEP_OWN:
+            sweep.add_argument(f"--{flag}", default="", help=f"sets {key} in every run")
+    sweep.add_argument("--out", default="", help=f"the sweep's folder, one sub-folder per run; "
+                       f"default {DEFAULT_SWEEP_OUT}")
+    sweep.add_argument("--resume", default="", help="auto = resume interrupted runs")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="set in every run (over the short schedule)")
     return p
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
-    items = [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) != ""]
+    flags = [f for f in FLAGS if args.command == "train" or f not in SWEEP_OWN]
+    items = [f"{FLAGS[f]}={getattr(args, f)}" for f in flags if getattr(args, f) != ""]
     return items + list(args.overrides)
 
 
@@ -39,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + extra
+    if args.command == "sweep":
+        from pathlib import Path
+
+        from sslight.sweep import sweep
+
+        try:
+            return sweep(args.sweep, overrides_from(args), Path(args.out or DEFAULT_SWEEP_OUT), args.resume)
+        except (ConfigError, DataError) as exc:
+            print(f"sslight: error: {exc}", file=sys.stderr)
+            return 2
     try:
         from sslight.recipes import build_config
         from sslight.train import prepare, train
