@@ -17,12 +17,14 @@ OUT ?=
 RESUME ?=
 SEED ?=
 ARGS ?=
+SWEEP ?=
 PYTEST_ARGS ?=
+SWEEP ?=
 # DALI always; FFCV where its system libraries are installed (.ci/run installs them)
 FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
 EXTRAS ?= dev,dali$(FFCV_EXTRA)
 
-.PHONY: install data-link train test test-all clean
+.PHONY: install data-link train sweep test test-all clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,12 @@ data-link:
 
 train: install data-link
 	$(PY) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
+		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
+		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
+
+# OUT is the sweep's folder (default runs/sweep); RESUME=auto resumes interrupted runs
+sweep: install data-link
+	$(PY) -m sslight sweep --sweep "$(SWEEP)" --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
 		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
 
