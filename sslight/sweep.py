@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,25 +116,31 @@ def launch(run: Planned, resume: bool, device: str) -> subprocess.Popen:
 def schedule(todo: list[Planned], resume: bool, slots: Slots) -> list[str]:
     """Runs ``todo`` to completion; returns the names of the runs that failed."""
     pending, active, failed = list(todo), [], []
-    while pending or active:
-        while pending and (device := slots.free([d for _, _, d in active])) is not None:
-            run = pending.pop(0)
-            where = device if device == "cpu" else f"GPU {device}"
-            print(f"sweep: start {run.name} on {where}", file=sys.stderr, flush=True)
-            active.append((launch(run, resume and run.started, device), run, device))
-        time.sleep(1.0)
-        for entry in [a for a in active if a[0].poll() is not None]:
-            proc, run, _ = entry
-            active.remove(entry)
-            if proc.returncode == 0 and run.finished:
-                result = json.loads((run.out / RESULT).read_text())
-                slots.peak_gib = max(slots.peak_gib, result.get("peak_memory_gib", 0.0))
-                print(f"sweep: done {run.name}: kNN top-1 {result['knn_top1']:.1f} "
-                      f"({result['wall_min']:.1f} min)", file=sys.stderr, flush=True)
-            else:
-                failed.append(run.name)
-                print(f"sweep: FAILED {run.name} (exit {proc.returncode}); log: {run.out / 'log.txt'}",
-                      file=sys.stderr, flush=True)
+    try:
+        while pending or active:
+            while pending and (device := slots.free([d for _, _, d in active])) is not None:
+                run = pending.pop(0)
+                where = device if device == "cpu" else f"GPU {device}"
+                print(f"sweep: start {run.name} on {where}", file=sys.stderr, flush=True)
+                active.append((launch(run, resume and run.started, device), run, device))
+            time.sleep(1.0)
+            for entry in [a for a in active if a[0].poll() is not None]:
+                proc, run, _ = entry
+                active.remove(entry)
+                if proc.returncode == 0 and run.finished:
+                    result = json.loads((run.out / RESULT).read_text())
+                    slots.peak_gib = max(slots.peak_gib, result.get("peak_memory_gib", 0.0))
+                    print(f"sweep: done {run.name}: kNN top-1 {result['knn_top1']:.1f} "
+                          f"({result['wall_min']:.1f} min)", file=sys.stderr, flush=True)
+                else:
+                    failed.append(run.name)
+                    print(f"sweep: FAILED {run.name} (exit {proc.returncode}); log: {run.out / 'log.txt'}",
+                          file=sys.stderr, flush=True)
+    finally:  # stopped (Ctrl-C, SIGTERM): stop the runs too; RESUME=auto continues them
+        for proc, _, _ in active:
+            proc.terminate()
+        for proc, _, _ in active:
+            proc.wait()
     return failed
 
 
@@ -150,6 +157,7 @@ def sweep(spec: str, base: list[str], out: Path, resume: str) -> int:
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to run "
           f"into {out}", file=sys.stderr, flush=True)
     workers = build_config(runs[0].overrides)[0].data.workers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     failed = schedule(todo, resume == AUTO, Slots(workers)) if todo else []
     report(axes, runs, out)
     return 1 if failed else 0
