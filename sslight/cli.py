@@ -34,6 +34,15 @@ def parser() -> argparse.ArgumentParser:
                        f"default {DEFAULT_SWEEP_OUT}")
     sweep.add_argument("--resume", default="", help="auto = resume interrupted runs")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="set in every run (over the short schedule)")
+    sweep.add_argument("--linear", default="", help="true = also a linear probe per run")
+    evaluate = sub.add_parser("eval", help="kNN, linear probe and semi-supervised fine-tuning of a checkpoint")
+    evaluate.add_argument("--ckpt", default="", help="a checkpoint file or a run folder (its newest checkpoint)")
+    evaluate.add_argument("--data", default="", help="sets data.path; default: the dataset of the run")
+    evaluate.add_argument("--tasks", default="", help="comma-separated: knn,linear,semisup (default all)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. linear.epochs=50 semisup.epochs=5")
+    export = sub.add_parser("export", help="the student backbone as a timm-loadable safetensors file")
+    export.add_argument("--ckpt", default="", help="a checkpoint file or a run folder (its newest checkpoint)")
+    export.add_argument("--out", default="", help="the .safetensors file; default beside the checkpoint")
     return p
 
 
@@ -43,6 +52,31 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
     return items + list(args.overrides)
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """The commands beside ``train``: sweep, eval, export."""
+    from pathlib import Path
+
+    from sslight.config import _parse_bool
+
+    if args.command == "sweep":
+        from sslight.sweep import sweep
+
+        linear = _parse_bool("LINEAR", args.linear) if args.linear else False
+        return sweep(args.sweep, overrides_from(args), Path(args.out or DEFAULT_SWEEP_OUT), args.resume, linear)
+    if not args.ckpt:
+        raise ConfigError("CKPT is empty: give a checkpoint file or a run folder, e.g. CKPT=runs/r18_dino_sslight")
+    if args.command == "eval":
+        from sslight.evaluate import main as evaluate
+
+        data = [f"data.path={args.data}"] if args.data else []
+        return evaluate(args.ckpt, data + list(args.overrides), args.tasks)
+    from sslight.export import main as export
+
+    if args.overrides:
+        raise ConfigError(f"export takes no key=value overrides, got {' '.join(args.overrides)}")
+    return export(args.ckpt, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     # overrides may sit between flags; argparse hands the later ones back as extras
@@ -50,14 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in extra if e.startswith("-")]
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = list(args.overrides) + extra
-    if args.command == "sweep":
-        from pathlib import Path
-
-        from sslight.sweep import sweep
-
+    args.overrides = list(getattr(args, "overrides", [])) + extra
+    if args.command != "train":
         try:
-            return sweep(args.sweep, overrides_from(args), Path(args.out or DEFAULT_SWEEP_OUT), args.resume)
+            return run_command(args)
         except (ConfigError, DataError) as exc:
             print(f"sslight: error: {exc}", file=sys.stderr)
             return 2

@@ -101,19 +101,19 @@ class Slots:
         return next((str(g) for g in range(self.gpus) if busy.count(str(g)) < self.per_gpu()), None)
 
 
-def launch(run: Planned, resume: bool, device: str) -> subprocess.Popen:
+def launch(run: Planned, resume: bool, linear: bool, device: str) -> subprocess.Popen:
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / OVERRIDES).write_text(json.dumps(run.overrides, indent=1) + "\n")
     env = dict(os.environ)
     if device != "cpu":
         env["CUDA_VISIBLE_DEVICES"] = device
     cmd = [sys.executable, "-m", "sslight.sweep_run", str(run.out), *(["--resume"] if resume else []),
-           *run.overrides]
+           *(["--linear"] if linear else []), *run.overrides]
     with open(run.out / "log.txt", "a") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def schedule(todo: list[Planned], resume: bool, slots: Slots) -> list[str]:
+def schedule(todo: list[Planned], resume: bool, linear: bool, slots: Slots) -> list[str]:
     """Runs ``todo`` to completion; returns the names of the runs that failed."""
     pending, active, failed = list(todo), [], []
     try:
@@ -122,7 +122,7 @@ def schedule(todo: list[Planned], resume: bool, slots: Slots) -> list[str]:
                 run = pending.pop(0)
                 where = device if device == "cpu" else f"GPU {device}"
                 print(f"sweep: start {run.name} on {where}", file=sys.stderr, flush=True)
-                active.append((launch(run, resume and run.started, device), run, device))
+                active.append((launch(run, resume and run.started, linear, device), run, device))
             time.sleep(1.0)
             for entry in [a for a in active if a[0].poll() is not None]:
                 proc, run, _ = entry
@@ -144,7 +144,7 @@ def schedule(todo: list[Planned], resume: bool, slots: Slots) -> list[str]:
     return failed
 
 
-def sweep(spec: str, base: list[str], out: Path, resume: str) -> int:
+def sweep(spec: str, base: list[str], out: Path, resume: str, linear: bool) -> int:
     if resume not in ("", AUTO):
         raise ConfigError(f"RESUME={resume!r}: a sweep takes '' or 'auto' (resume interrupted runs)")
     axes = parse_grid(spec)
@@ -158,6 +158,6 @@ def sweep(spec: str, base: list[str], out: Path, resume: str) -> int:
           f"into {out}", file=sys.stderr, flush=True)
     workers = build_config(runs[0].overrides)[0].data.workers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    failed = schedule(todo, resume == AUTO, Slots(workers)) if todo else []
+    failed = schedule(todo, resume == AUTO, linear, Slots(workers)) if todo else []
     report(axes, runs, out)
     return 1 if failed else 0
