@@ -107,8 +107,8 @@ def launch(run: Planned, resume: bool, linear: bool, device: str) -> subprocess.
     env = dict(os.environ)
     if device != "cpu":
         env["CUDA_VISIBLE_DEVICES"] = device
-    cmd = [sys.executable, "-m", "sslight.sweep_run", str(run.out), *(["--resume"] if resume else []),
-           *(["--linear"] if linear else []), *run.overrides]
+    flags = [*(["--resume"] if resume else []), *(["--linear"] if linear else [])]
+    cmd = [sys.executable, "-m", "sslight.sweep_run", *flags, str(run.out), *run.overrides]
     with open(run.out / "log.txt", "a") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 

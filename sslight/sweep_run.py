@@ -1,6 +1,6 @@
 """One run of a sweep, in its own process: train, evaluate, write ``result.json``.
 
-Usage (the sweep launches it): python -m sslight.sweep_run RUN_DIR [--resume] [--linear] key=value ...
+Usage (the sweep launches it): python -m sslight.sweep_run [--resume] [--linear] RUN_DIR key=value ...
 The result file is written last and atomically, so its presence means the run is finished.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from loaders.datasets import DataError
 from sslight import checkpoint
 from sslight.checkpoint import write_json
 from sslight.metrics import read
@@ -37,7 +38,11 @@ def run(out: Path, overrides: list[str], resume: bool, linear: bool) -> dict:
         (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start: no windows of an attempt that left no checkpoint
     train(prepared, Console(stderr=True))
     records = read(out / "metrics.jsonl")
-    last_eval = [r for r in records if r["kind"] == "epoch" and "knn_top1" in r][-1]
+    evaluated = [r for r in records if r["kind"] == "epoch" and "knn_top1" in r]
+    if not evaluated:
+        raise DataError(f"data.path={cfg.data.path!r}: a sweep evaluates each run with kNN, which needs "
+                        "labelled train/ and val/ or test/ splits")
+    last_eval = evaluated[-1]
     result = dict(overrides=overrides, knn_top1=last_eval["knn_top1"], knn_k=cfg.eval.k,
                   epochs=cfg.train.epochs, steps=last_eval["steps"], images_per_s=images_per_s(records),
                   resumed=resumed)
