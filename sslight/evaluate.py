@@ -5,7 +5,6 @@ Results go to ``eval-<checkpoint name>.json`` beside the checkpoint, and one sum
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

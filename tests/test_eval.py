@@ -14,7 +14,7 @@ from sslight.checkpoint import save_atomic
 from sslight.cli import main
 from sslight.config import ConfigError, LinearConfig
 from sslight.evaluate import evaluate_checkpoint, parse_tasks
-from sslight.export import export, load_timm
+from sslight.export import load_timm
 from sslight.knn import EvalImages, knn_accuracies, knn_top1
 from sslight.linear import train_linear
 from sslight.models import build_backbone
@@ -95,6 +95,25 @@ def test_cache_key_follows_dataset(cifar_small, tmp_path):
     assert len(list((tmp_path / "features").iterdir())) == 3  # two train subsets, one test subset
     result = json.loads((tmp_path / "eval-ckpt-e0001-s00000001.json").read_text())
     assert list(result["knn"]) == ["10", "20", "100", "200"] and result["train_images"] == 60
+
+
+def test_semisup_fine_tunes_the_whole_network_on_the_subset_file(cifar_small, tmp_path):
+    ckpt = tmp_path / "ckpt-e0001-s00000001.pt"
+    backbone = make_checkpoint(ckpt, ["model.name=mnv2", "model.small_stem=false", f"data.path={cifar_small}",
+                                      "views.global_size=32", "data.workers=0"])
+    cfg = ["semisup.percents=10", "semisup.epochs=1", "semisup.batch_size=8", "eval.query_limit=20"]
+    result = evaluate_checkpoint(ckpt, cfg, ["semisup"])["semisup"]["10"]
+    subset, path = label_subset(load_dataset(str(cifar_small)), 10, seed=0)
+    assert result["subset_file"] == str(path) and result["images"] == len(subset) == 20
+    assert 0 <= result["top1"] <= result["top5"] <= 100
+
+    from sslight.finetune import finetune
+    from sslight.pretrained import load
+
+    _, run_cfg, tuned = load(ckpt, cfg)
+    finetune(tuned, subset, load_dataset(str(cifar_small)).test.subset(20, 0), 10, run_cfg)
+    before, after = backbone.state_dict(), tuned.state_dict()
+    assert not torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])  # the stem learns too
 
 
 def test_bad_eval_input_is_a_config_error(tmp_path, capsys):

@@ -61,13 +61,15 @@ def test_bad_runs_stop_the_sweep_before_anything_runs(tmp_path, capsys):
 def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", "--sweep", "loss.alpha=auto,0.4", "--data", str(cifar_small), "--out", str(out),
-            "--batch", "16", "--steps", "1", "train.epochs=1", *TINY, "eval.bank_limit=64", "eval.query_limit=32"]
+            "--batch", "16", "--steps", "1", "train.epochs=1", "--linear", "true", *TINY, "eval.bank_limit=64", "eval.query_limit=32",
+            "linear.epochs=5"]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| run | loss.alpha | knn_top1 | images_per_s | wall_min | status |" in table
+    assert "| run | loss.alpha | knn_top1 | linear_top1 | linear_top5 | images_per_s | wall_min | status |" in table
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["loss.alpha"] for r in rows] == ["auto", "0.4"]
     assert all(0 <= float(r["knn_top1"]) <= 100 and float(r["images_per_s"]) > 0 for r in rows)
+    assert all(0 <= float(r["linear_top1"]) <= float(r["linear_top5"]) <= 100 for r in rows)
     assert (out / "plot_loss.alpha.png").stat().st_size > 0
     finished = out / "loss.alpha=0.4" / "result.json"
     stamp = finished.stat().st_mtime_ns
