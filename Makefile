@@ -19,13 +19,18 @@ RESUME ?=
 SEED ?=
 NPROC ?= 1
 ARGS ?=
+SWEEP ?=
+LINEAR ?=
+CKPT ?=
+TASKS ?=
+EXPORT_OUT ?=
 PYTEST_ARGS ?=
 BENCH_OUT ?= runs/bench
 # DALI always; FFCV where its system libraries are installed (.ci/run installs them)
 FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
 EXTRAS ?= dev,dali$(FFCV_EXTRA)
 
-.PHONY: install data-link bench-data gpu-data train test test-all bench bench-gpu clean
+.PHONY: install data-link bench-data gpu-data train sweep eval export test test-all bench bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +61,19 @@ train: install data-link
 	$(LAUNCH) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
 		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
+
+# OUT is the sweep's folder (default runs/sweep); RESUME=auto resumes interrupted runs
+sweep: install data-link
+	$(PY) -m sslight sweep --sweep "$(SWEEP)" --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
+		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
+		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" --linear "$(LINEAR)" $(ARGS)
+
+# CKPT: a checkpoint file or a run folder (its newest checkpoint); results beside it
+eval: install data-link
+	$(PY) -m sslight eval --ckpt "$(CKPT)" --data "$(DATA)" --tasks "$(TASKS)" $(ARGS)
+
+export: install
+	$(PY) -m sslight export --ckpt "$(CKPT)" --out "$(EXPORT_OUT)"
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

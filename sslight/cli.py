@@ -14,6 +14,8 @@ FLAGS = {
     "data": "data.path", "epochs": "train.epochs", "batch": "train.batch_size", "steps": "train.steps",
     "out": "train.out", "resume": "train.resume", "seed": "train.seed",
 }
+SWEEP_OWN = ("out", "resume")  # flags that mean the sweep's folder and resume mode, not a run's
+DEFAULT_SWEEP_OUT = "runs/sweep"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,12 +25,56 @@ def parser() -> argparse.ArgumentParser:
     for flag, key in FLAGS.items():
         train.add_argument(f"--{flag}", default="", help=f"sets {key}")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="any dotted config key")
+    sweep = sub.add_parser("sweep", help="a grid of short runs, each evaluated; table and plots")
+    sweep.add_argument("--sweep", default="", help='the grid, e.g. "recipe=baseline,sslight loss.alpha=auto,0.4"')
+    for flag, key in FLAGS.items():
+        if flag not in SWEEP_OWN:
+            sweep.add_argument(f"--{flag}", default="", help=f"sets {key} in every run")
+    sweep.add_argument("--out", default="", help=f"the sweep's folder, one sub-folder per run; "
+                       f"default {DEFAULT_SWEEP_OUT}")
+    sweep.add_argument("--resume", default="", help="auto = resume interrupted runs")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="set in every run (over the short schedule)")
+    sweep.add_argument("--linear", default="", help="true = also a linear probe per run")
+    evaluate = sub.add_parser("eval", help="kNN, linear probe and semi-supervised fine-tuning of a checkpoint")
+    evaluate.add_argument("--ckpt", default="", help="a checkpoint file or a run folder (its newest checkpoint)")
+    evaluate.add_argument("--data", default="", help="sets data.path; default: the dataset of the run")
+    evaluate.add_argument("--tasks", default="", help="comma-separated: knn,linear,semisup (default all)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. linear.epochs=50 semisup.epochs=5")
+    export = sub.add_parser("export", help="the student backbone as a timm-loadable safetensors file")
+    export.add_argument("--ckpt", default="", help="a checkpoint file or a run folder (its newest checkpoint)")
+    export.add_argument("--out", default="", help="the .safetensors file; default beside the checkpoint")
     return p
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
-    items = [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items() if getattr(args, flag) != ""]
+    flags = [f for f in FLAGS if args.command == "train" or f not in SWEEP_OWN]
+    items = [f"{FLAGS[f]}={getattr(args, f)}" for f in flags if getattr(args, f) != ""]
     return items + list(args.overrides)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The commands beside ``train``: sweep, eval, export."""
+    from pathlib import Path
+
+    from sslight.config import _parse_bool
+
+    if args.command == "sweep":
+        from sslight.sweep import sweep
+
+        linear = _parse_bool("LINEAR", args.linear) if args.linear else False
+        return sweep(args.sweep, overrides_from(args), Path(args.out or DEFAULT_SWEEP_OUT), args.resume, linear)
+    if not args.ckpt:
+        raise ConfigError("CKPT is empty: give a checkpoint file or a run folder, e.g. CKPT=runs/r18_dino_sslight")
+    if args.command == "eval":
+        from sslight.evaluate import main as evaluate
+
+        data = [f"data.path={args.data}"] if args.data else []
+        return evaluate(args.ckpt, data + list(args.overrides), args.tasks)
+    from sslight.export import main as export
+
+    if args.overrides:
+        raise ConfigError(f"export takes no key=value overrides, got {' '.join(args.overrides)}")
+    return export(args.ckpt, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in extra if e.startswith("-")]
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = list(args.overrides) + extra
+    args.overrides = list(getattr(args, "overrides", [])) + extra
+    if args.command != "train":
+        try:
+            return run_command(args)
+        except (ConfigError, DataError) as exc:
+            print(f"sslight: error: {exc}", file=sys.stderr)
+            return 2
     try:
         from sslight.recipes import build_config
         from sslight.train import prepare, train

@@ -120,6 +120,28 @@ class EvalConfig:
 
 
 @dataclass
+class LinearConfig:
+    """The linear probe of ``sslight eval``, trained on cached frozen features."""
+
+    epochs: int = 100
+    lr: float = 0.1  # base lr per 256 features; SGD, momentum 0.9, cosine
+    batch_size: int = 256
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SemisupConfig:
+    """Semi-supervised fine-tuning of ``sslight eval``: the whole network on label subsets."""
+
+    percents: str = "1,10"  # label subsets, percent of the train split, class-balanced
+    epochs: int = 20
+    lr: float = 0.05  # base lr per 256 images; SGD, Nesterov momentum 0.9, cosine
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    subset_seed: int = 0  # which images a subset file holds
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 100
     batch_size: int = 64
@@ -150,6 +172,8 @@ class Config:
     moco: MocoConfig = field(default_factory=MocoConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    semisup: SemisupConfig = field(default_factory=SemisupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -261,13 +285,26 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(data: dict) -> Config:
+    """The config saved in a checkpoint; keys added since it was written keep their defaults."""
     cfg = Config()
-    for key, typ in all_keys().items():
+    for key in all_keys():
         value = data
         for part in key.split("."):
-            value = value[part]
-        set_key(cfg, key, tuple(value) if isinstance(value, list) else value)
+            value = value.get(part, dataclasses.MISSING) if isinstance(value, dict) else dataclasses.MISSING
+        if value is not dataclasses.MISSING:
+            set_key(cfg, key, tuple(value) if isinstance(value, list) else value)
     return cfg
+
+
+def label_percents(text: str) -> list[float]:
+    """``semisup.percents``: comma-separated percentages of the train split, each in (0, 100]."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v <= 100 for v in values):
+        raise ConfigError(f"semisup.percents={text!r}: expected comma-separated percentages in (0, 100], e.g. 1,10")
+    return values
 
 
 def validate(cfg: Config) -> None:
@@ -303,6 +340,16 @@ def validate(cfg: Config) -> None:
                 "optim.clip_grad", "moco.queue_length", "swav.queue_length", "train.skip_nonfinite"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
+    label_percents(cfg.semisup.percents)
+    for key in ("linear.weight_decay", "semisup.weight_decay"):
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
+    for key in ("linear.lr", "semisup.lr"):
+        if get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={get(cfg, key)}: must be > 0")
+    for key in ("linear.epochs", "linear.batch_size", "semisup.epochs", "semisup.batch_size"):
+        if get(cfg, key) < 1:
+            raise ConfigError(f"{key}={get(cfg, key)}: must be >= 1")
     for key in ("train.batch_size", "train.log_every", "eval.k"):
         if get(cfg, key) < 1:
             raise ConfigError(f"{key}={get(cfg, key)}: must be >= 1")

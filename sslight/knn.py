@@ -13,8 +13,10 @@ RESIZE_RATIO = 256 / 224  # resize then centre-crop, the usual evaluation geomet
 
 
 class EvalImages(torch.utils.data.Dataset):
-    def __init__(self, split, size: int):
-        self.split, self.size = split, size
+    """Centre crops (optionally mirrored) as uint8 CHW tensors, with their labels."""
+
+    def __init__(self, split, size: int, flip: bool = False):
+        self.split, self.size, self.flip = split, size, flip
 
     def __len__(self):
         return len(self.split)
@@ -28,13 +30,15 @@ class EvalImages(torch.utils.data.Dataset):
                                  Image.BICUBIC)
             left, top = (image.width - self.size) // 2, (image.height - self.size) // 2
             image = image.crop((left, top, left + self.size, top + self.size))
+        if self.flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return to_uint8_chw(image), self.split.labels[i]
 
 
 @torch.no_grad()
-def extract(backbone, split, size: int, device, dtype, workers: int, batch: int = 256):
+def extract(backbone, split, size: int, device, dtype, workers: int, batch: int = 256, flip: bool = False):
     """Backbone features (N, D) in float32 and labels (N,) for every image of ``split``."""
-    loader = torch.utils.data.DataLoader(EvalImages(split, size), batch_size=batch, num_workers=workers)
+    loader = torch.utils.data.DataLoader(EvalImages(split, size, flip), batch_size=batch, num_workers=workers)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     was_training = backbone.training
@@ -50,17 +54,27 @@ def extract(backbone, split, size: int, device, dtype, workers: int, batch: int 
 
 
 @torch.no_grad()
-def knn_top1(bank, bank_labels, queries, query_labels, k: int, temperature: float, n_classes: int,
-             chunk: int = 1024) -> float:
-    """Top-1 accuracy (%) of cosine-similarity kNN with exp(sim / T) vote weights."""
+def knn_accuracies(bank, bank_labels, queries, query_labels, ks, temperature: float, n_classes: int,
+                   chunk: int = 1024) -> dict[int, float]:
+    """Top-1 accuracy (%) for each k of cosine-similarity kNN with exp(sim / T) vote weights.
+
+    One top-k search at the largest k serves every k: the neighbours come sorted by similarity.
+    """
     bank = F.normalize(bank, dim=1)
     queries = F.normalize(queries, dim=1)
-    k = min(k, len(bank))
-    correct = 0
+    widest = min(max(ks), len(bank))
+    correct = dict.fromkeys(ks, 0)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), n_classes, device=q.device)
-        votes.scatter_add_(1, bank_labels[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1) == query_labels[start:start + chunk]).sum().item()
-    return 100.0 * correct / len(queries)
+        sim, idx = (q @ bank.T).topk(widest, dim=1)
+        weights, neighbour_labels = (sim / temperature).exp(), bank_labels[idx]
+        truth = query_labels[start:start + chunk]
+        for k in ks:
+            votes = torch.zeros(len(q), n_classes, device=q.device)
+            votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            correct[k] += (votes.argmax(1) == truth).sum().item()
+    return {k: 100.0 * c / len(queries) for k, c in correct.items()}
+
+
+def knn_top1(bank, bank_labels, queries, query_labels, k: int, temperature: float, n_classes: int) -> float:
+    return knn_accuracies(bank, bank_labels, queries, query_labels, [k], temperature, n_classes)[k]

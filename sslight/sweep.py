@@ -1,0 +1,163 @@
+"""Ablation sweeps: a grid of runs on a short schedule, scheduled on the node, then a table and plots.
+
+Each run is a child process (``python -m sslight.sweep_run``) writing into ``OUT/<run name>``;
+its ``result.json`` marks it finished. Scheduling:
+- no CUDA device: one run at a time;
+- several GPUs: one run per GPU at a time (``CUDA_VISIBLE_DEVICES``);
+- one GPU: the first run goes alone and reports its peak memory (``max_memory_reserved``); then as
+  many runs share the GPU as fit in the memory that was free before the sweep, at
+  ``PACK_MARGIN`` x the largest peak seen so far plus ``CUDA_CONTEXT_GIB`` per process, and no
+  more than the CPU cores can feed (``cpu_count // (data.workers + 1)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sslight.config import AUTO, ConfigError
+from sslight.grid import Axis, override, parse_grid, points, run_name
+from sslight.recipes import build_config
+from sslight.sweep_report import report
+from sslight.sweep_run import RESULT
+
+# The short schedule of a sweep run (the CPU learning check's, benchmarks/learning.py): a
+# CIFAR-10 subset, 3 epochs, warm-ups and freezes shortened to the run, and LARS's trust
+# coefficient raised to 0.02 so weights move within a few hundred steps. ARGS override these.
+SHORT = [
+    "data.limit=5000", "train.epochs=3", "train.batch_size=64", "eval.every=0", "optim.eta=0.02",
+    "eval.bank_limit=10000", "eval.query_limit=2000", "optim.warmup_epochs=0.5",
+    "dino.warmup_teacher_temp_epochs=1", "dino.momentum_teacher=0.99",
+    "swav.n_prototypes=300", "swav.freeze_prototypes_epochs=0", "moco.queue_length=4096",
+]
+PACK_MARGIN = 1.2
+CUDA_CONTEXT_GIB = 1.0
+OVERRIDES = "overrides.json"  # written at launch: a re-run with other settings must not reuse the folder
+
+
+@dataclass
+class Planned:
+    name: str
+    point: dict[str, str]
+    overrides: list[str]
+    out: Path
+
+    @property
+    def finished(self) -> bool:
+        return (self.out / RESULT).exists()
+
+    @property
+    def started(self) -> bool:
+        return (self.out / OVERRIDES).exists()
+
+
+def plan(axes: list[Axis], base: list[str], out: Path) -> list[Planned]:
+    """Every run of the grid with its overrides, all checked before anything runs."""
+    swept = {a.key for a in axes}
+    for item in base:
+        key = item.split("=", 1)[0].strip()
+        if key in swept:
+            raise ConfigError(f"{key} is both swept (SWEEP) and set ({item!r}); set it in one place")
+        if key in ("train.out", "train.resume"):
+            raise ConfigError(f"{item!r}: a sweep sets {key} per run; use the sweep's OUT and RESUME")
+    runs = []
+    for point in points(axes):
+        overrides = [*SHORT, *base, *(override(k, v) for k, v in point.items())]
+        build_config(overrides)  # bad values stop the sweep before any run starts
+        name = run_name(point)
+        runs.append(Planned(name, point, overrides, out / name))
+    for r in runs:
+        if r.started and json.loads((r.out / OVERRIDES).read_text()) != r.overrides:
+            raise ConfigError(f"{r.out} holds a run with other settings; choose another OUT for this sweep")
+    return runs
+
+
+class Slots:
+    """Where the next run may start: "cpu", a GPU index as text, or None while all are busy."""
+
+    def __init__(self, workers: int):
+        self.gpus = torch.cuda.device_count()
+        self.free_gib = torch.cuda.mem_get_info(0)[0] / 2**30 if self.gpus == 1 else 0.0
+        self.cpu_cap = max(1, (os.cpu_count() or 1) // (workers + 1))
+        self.peak_gib = 0.0  # the largest peak memory of a finished run
+
+    def per_gpu(self) -> int:
+        if self.gpus > 1 or not self.peak_gib:
+            return 1  # one run per GPU; on one GPU the first run measures alone
+        fit = int(self.free_gib // (self.peak_gib * PACK_MARGIN + CUDA_CONTEXT_GIB))
+        return max(1, min(fit, self.cpu_cap))
+
+    def free(self, busy: list[str]) -> str | None:
+        if not self.gpus:
+            return None if busy else "cpu"
+        return next((str(g) for g in range(self.gpus) if busy.count(str(g)) < self.per_gpu()), None)
+
+
+def launch(run: Planned, resume: bool, linear: bool, device: str) -> subprocess.Popen:
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / OVERRIDES).write_text(json.dumps(run.overrides, indent=1) + "\n")
+    env = dict(os.environ)
+    if device != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = device
+    flags = [*(["--resume"] if resume else []), *(["--linear"] if linear else [])]
+    cmd = [sys.executable, "-m", "sslight.sweep_run", *flags, str(run.out), *run.overrides]
+    with open(run.out / "log.txt", "a") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def schedule(todo: list[Planned], resume: bool, linear: bool, slots: Slots) -> list[str]:
+    """Runs ``todo`` to completion; returns the names of the runs that failed."""
+    pending, active, failed = list(todo), [], []
+    try:
+        while pending or active:
+            while pending and (device := slots.free([d for _, _, d in active])) is not None:
+                run = pending.pop(0)
+                where = device if device == "cpu" else f"GPU {device}"
+                print(f"sweep: start {run.name} on {where}", file=sys.stderr, flush=True)
+                active.append((launch(run, resume and run.started, linear, device), run, device))
+            time.sleep(1.0)
+            for entry in [a for a in active if a[0].poll() is not None]:
+                proc, run, _ = entry
+                active.remove(entry)
+                if proc.returncode == 0 and run.finished:
+                    result = json.loads((run.out / RESULT).read_text())
+                    slots.peak_gib = max(slots.peak_gib, result.get("peak_memory_gib", 0.0))
+                    print(f"sweep: done {run.name}: kNN top-1 {result['knn_top1']:.1f} "
+                          f"({result['wall_min']:.1f} min)", file=sys.stderr, flush=True)
+                else:
+                    failed.append(run.name)
+                    print(f"sweep: FAILED {run.name} (exit {proc.returncode}); log: {run.out / 'log.txt'}",
+                          file=sys.stderr, flush=True)
+    finally:  # stopped (Ctrl-C, SIGTERM): stop the runs too; RESUME=auto continues them
+        for proc, _, _ in active:
+            proc.terminate()
+        for proc, _, _ in active:
+            proc.wait()
+    return failed
+
+
+def sweep(spec: str, base: list[str], out: Path, resume: str, linear: bool) -> int:
+    if resume not in ("", AUTO):
+        raise ConfigError(f"RESUME={resume!r}: a sweep takes '' or 'auto' (resume interrupted runs)")
+    axes = parse_grid(spec)
+    runs = plan(axes, base, out)
+    interrupted = [r for r in runs if r.started and not r.finished]
+    if interrupted and resume != AUTO:
+        raise ConfigError(f"{len(interrupted)} run(s) were interrupted or failed ({interrupted[0].out}); "
+                          "pass RESUME=auto to resume them")
+    todo = [r for r in runs if not r.finished]
+    print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to run "
+          f"into {out}", file=sys.stderr, flush=True)
+    workers = build_config(runs[0].overrides)[0].data.workers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    failed = schedule(todo, resume == AUTO, linear, Slots(workers)) if todo else []
+    report(axes, runs, out)
+    return 1 if failed else 0

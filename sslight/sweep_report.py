@@ -1,0 +1,102 @@
+"""A sweep's results: markdown table (stdout and results.md), results.csv, and plots.
+
+Plots show kNN top-1: one key swept -> a line over its values; two keys -> a heatmap; more
+keys -> a line per key, each point the mean over the other keys' values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sslight.grid import Axis  # noqa: E402
+from sslight.sweep_run import RESULT  # noqa: E402
+
+METRICS = ("knn_top1", "linear_top1", "linear_top5", "images_per_s", "wall_min")
+
+
+def rows(axes: list[Axis], runs) -> list[dict]:
+    table = []
+    for run in runs:
+        row = dict(run=run.name, **run.point)
+        result = json.loads((run.out / RESULT).read_text()) if run.finished else {}
+        for metric in METRICS:
+            row[metric] = result.get(metric)
+        row["status"] = "resumed" if result.get("resumed") else ("done" if result else "failed")
+        table.append(row)
+    return table
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def markdown(table: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def _mean(values: list) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+def plot(axes: list[Axis], table: list[dict], out: Path) -> list[Path]:
+    written = []
+    if len(axes) == 2:
+        a, b = axes
+        grid = [[_mean([r["knn_top1"] for r in table if r[a.key] == va and r[b.key] == vb]) for vb in b.values]
+                for va in a.values]
+        fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(b.values), 1.2 + 0.8 * len(a.values)))
+        image = ax.imshow(grid, cmap="viridis")
+        ax.set_xticks(range(len(b.values)), b.values)
+        ax.set_yticks(range(len(a.values)), a.values)
+        ax.set_xlabel(b.key)
+        ax.set_ylabel(a.key)
+        for i, line in enumerate(grid):
+            for j, value in enumerate(line):
+                ax.text(j, i, "-" if math.isnan(value) else f"{value:.1f}", ha="center", va="center", color="w")
+        fig.colorbar(image, ax=ax, label="kNN top-1 (%)")
+        written.append(out / f"heatmap_{a.key}_{b.key}.png")
+        fig.savefig(written[-1], bbox_inches="tight", dpi=100)
+        plt.close(fig)
+        return written
+    for axis in axes:
+        means = [_mean([r["knn_top1"] for r in table if r[axis.key] == v]) for v in axis.values]
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot(range(len(axis.values)), means, marker="o")
+        ax.set_xticks(range(len(axis.values)), axis.values)
+        ax.set_xlabel(axis.key)
+        ax.set_ylabel("kNN top-1 (%)" + (" (mean over other keys)" if len(axes) > 1 else ""))
+        written.append(out / f"plot_{axis.key}.png")
+        fig.savefig(written[-1], bbox_inches="tight", dpi=100)
+        plt.close(fig)
+    return written
+
+
+def report(axes: list[Axis], runs, out: Path) -> None:
+    table = rows(axes, runs)
+    columns = ["run", *(a.key for a in axes), "knn_top1"]
+    if any(r["linear_top1"] is not None for r in table):
+        columns += ["linear_top1", "linear_top5"]
+    columns += ["images_per_s", "wall_min", "status"]
+    text = markdown(table, columns)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    print(text, end="", flush=True)
+    for path in plot(axes, table, out):
+        print(f"plot: {path}", flush=True)

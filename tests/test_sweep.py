@@ -1,0 +1,90 @@
+"""Sweeps: grid syntax and its errors, and a tiny two-run sweep end to end (table, plot, skip, resume)."""
+
+import csv
+import json
+
+import pytest
+
+from sslight.cli import main
+from sslight.config import ConfigError
+from sslight.grid import override, parse_grid, points, run_name
+from sslight.recipes import build_config
+from sslight.sweep import plan
+from tests.conftest import TINY
+
+
+def test_grid_expands_every_combination():
+    axes = parse_grid("views.local_size=96,128 loss.alpha=auto,0.4")
+    grid = points(axes)
+    assert grid == [{"views.local_size": "96", "loss.alpha": "auto"}, {"views.local_size": "96", "loss.alpha": "0.4"},
+                    {"views.local_size": "128", "loss.alpha": "auto"}, {"views.local_size": "128", "loss.alpha": "0.4"}]
+    assert run_name(grid[1]) == "views.local_size=96__loss.alpha=0.4"
+    assert [p["recipe"] for p in points(parse_grid("recipe=baseline,sslight"))] == ["baseline", "sslight"]
+
+
+def test_pair_values_are_min_colon_max():
+    (axis,) = parse_grid("views.global_scale=0.14:1.0,0.3:1.0")
+    assert axis.values == ("0.14:1.0", "0.3:1.0")
+    assert override(axis.key, axis.values[0]) == "views.global_scale=0.14,1.0"
+    cfg, _ = build_config([override(axis.key, v) for v in axis.values[:1]])
+    assert cfg.views.global_scale == (0.14, 1.0)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("views.global_scale=0.3", "is not a pair; write pairs as min:max"),
+    ("views.global_scale=0.3,1.0", "is not a pair; write pairs as min:max"),
+    ("views.global_scale=a:1.0", "expected a pair"),
+    ("loss.alpha=0.1:0.2", "only pair keys take"),
+    ("recipe=baseline,foo", "is not one of baseline, sslight"),
+    ("views.local_sise=96", "did you mean 'views.local_size'"),
+    ("recipe", "expected key=value1,value2"),
+    ("loss.alpha=auto,,0.4", "empty value"),
+    ("recipe=baseline recipe=sslight", "appears twice"),
+    ("recipe=baseline,baseline", "repeated"),
+    ("train.out=a,b", "cannot be swept"),
+    ("   ", "empty grid"),
+])
+def test_bad_grids_name_the_problem(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(spec)
+
+
+def test_bad_runs_stop_the_sweep_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--sweep", "views.global_scale=0.9:0.3", "--out", str(out)]) == 2
+    assert "views.global_scale=(0.9, 0.3)" in capsys.readouterr().err
+    assert main(["sweep", "--sweep", "loss.alpha=auto,0.4", "--out", str(out), "loss.alpha=0.5"]) == 2
+    assert "both swept" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--sweep", "loss.alpha=auto,0.4", "--data", str(cifar_small), "--out", str(out),
+            "--batch", "16", "--steps", "1", "train.epochs=1", "--linear", "true", *TINY, "eval.bank_limit=64", "eval.query_limit=32",
+            "linear.epochs=5"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| run | loss.alpha | knn_top1 | linear_top1 | linear_top5 | images_per_s | wall_min | status |" in table
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["loss.alpha"] for r in rows] == ["auto", "0.4"]
+    assert all(0 <= float(r["knn_top1"]) <= 100 and float(r["images_per_s"]) > 0 for r in rows)
+    assert all(0 <= float(r["linear_top1"]) <= float(r["linear_top5"]) <= 100 for r in rows)
+    assert (out / "plot_loss.alpha.png").stat().st_size > 0
+    finished = out / "loss.alpha=0.4" / "result.json"
+    stamp = finished.stat().st_mtime_ns
+
+    assert main(args) == 0  # everything finished: nothing runs again
+    assert finished.stat().st_mtime_ns == stamp
+    assert "2 finished already, 0 to run" in capsys.readouterr().err
+
+    # an interrupted run (no result file) is refused without RESUME=auto and finished with it
+    (out / "loss.alpha=auto" / "result.json").unlink()
+    assert main(args) == 2
+    assert "RESUME=auto" in capsys.readouterr().err
+    assert main([*args, "--resume", "auto"]) == 0
+    result = json.loads((out / "loss.alpha=auto" / "result.json").read_text())
+    assert result["resumed"] and finished.stat().st_mtime_ns == stamp
+
+    with pytest.raises(ConfigError, match="other settings"):  # the folder belongs to this grid's settings
+        plan(parse_grid("loss.alpha=auto,0.4"), ["train.batch_size=8"], out)
