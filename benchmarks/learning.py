@@ -15,19 +15,8 @@ import torch
 from sslight.cli import main as cli_main
 from sslight.metrics import read
 from sslight.recipes import build_config
+from sslight.sweep import SHORT  # the sweeps' short CIFAR-10 schedule, explained there
 from sslight.train import build_method, evaluate, prepare, seed_everything
-
-# A short schedule for a CIFAR-10 subset on 2 CPU cores: warm-ups and freezes shortened to the
-# run's length, and LARS's trust coefficient raised to 0.02 as solo-learn's CIFAR configs do:
-# with eta = 0.001 a weight moves by lr * eta of its norm per step, which at batch 64
-# (lr 0.12 by the linear scaling rule) is too slow for a 200-step run while biases and norm
-# parameters move at full lr. Everything else is the method's preset.
-SHORT = [
-    "data.limit=5000", "train.epochs=3", "train.batch_size=64", "eval.every=0", "optim.eta=0.02",
-    "eval.bank_limit=10000", "eval.query_limit=2000", "optim.warmup_epochs=0.5",
-    "dino.warmup_teacher_temp_epochs=1", "dino.momentum_teacher=0.99",
-    "swav.n_prototypes=300", "swav.freeze_prototypes_epochs=0", "moco.queue_length=4096",
-]
 
 
 def knn_at_init(overrides: list[str]) -> float:
