@@ -16,6 +16,7 @@ STEPS ?=
 OUT ?=
 RESUME ?=
 SEED ?=
+TEACHER ?=
 ARGS ?=
 PYTEST_ARGS ?=
 # DALI always; FFCV where its system libraries are installed (.ci/run installs them)
@@ -42,7 +43,8 @@ data-link:
 train: install data-link
 	$(PY) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
-		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
+		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
+		--teacher "$(TEACHER)" $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from loaders import build_loader, view_groups
 from loaders.datasets import Dataset, load_dataset, common_image_size
-from sslight import checkpoint, config as config_mod
+from sslight import checkpoint, config as config_mod, teacher
 from sslight.augment import Photometric, method_photometry
 from sslight.config import AUTO, Config, ConfigError
 from sslight.knn import extract, knn_top1
@@ -63,6 +63,7 @@ def prepare(cfg: Config, user_keys: set[str]) -> Run:
     per_rank = len(dataset.train.subset(cfg.data.limit, cfg.train.seed))
     if per_rank < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images")
+    teacher.check(cfg)
     return Run(cfg, dataset, torch.device(cfg.train.device), out, resume_from)
 
 
