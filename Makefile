@@ -18,6 +18,7 @@ OUT ?=
 RESUME ?=
 SEED ?=
 NPROC ?= 1
+TEACHER ?=
 ARGS ?=
 SWEEP ?=
 LINEAR ?=
@@ -60,7 +61,8 @@ LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalo
 train: install data-link
 	$(LAUNCH) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
-		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" $(ARGS)
+		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
+		--teacher "$(TEACHER)" $(ARGS)
 
 # OUT is the sweep's folder (default runs/sweep); RESUME=auto resumes interrupted runs
 sweep: install data-link

@@ -13,6 +13,7 @@ FLAGS = {
     "model": "model.name", "method": "method", "recipe": "recipe", "loader": "data.loader",
     "data": "data.path", "epochs": "train.epochs", "batch": "train.batch_size", "steps": "train.steps",
     "out": "train.out", "resume": "train.resume", "seed": "train.seed",
+    "teacher": "teacher.path",
 }
 SWEEP_OWN = ("out", "resume")  # flags that mean the sweep's folder and resume mode, not a run's
 DEFAULT_SWEEP_OUT = "runs/sweep"

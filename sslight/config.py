@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODELS = ("mnv2", "r18", "r34", "r50", "vit_t16", "vit_t32", "vit_s16")
-METHODS = ("dino", "swav", "moco")
+METHODS = ("dino", "swav", "moco", "rob_dino")
 RECIPES = ("baseline", "sslight")
 LOADERS = ("pil", "nvjpeg", "dali", "ffcv", "synthetic")
 AUTO = "auto"
@@ -105,6 +105,14 @@ class MocoConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The frozen teacher of rob_dino (sslight/teacher.py)."""
+
+    path: str = ""  # a checkpoint of this project (.pt) or a timm-format backbone (.safetensors)
+    head_path: str = ""  # for a .safetensors backbone: the checkpoint with the head and model config
+
+
+@dataclass
 class ProbeConfig:
     enabled: bool = False
     lr: float = 0.1
@@ -170,6 +178,7 @@ class Config:
     dino: DinoConfig = field(default_factory=DinoConfig)
     swav: SwavConfig = field(default_factory=SwavConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
@@ -322,7 +331,7 @@ def validate(cfg: Config) -> None:
     for key in ("views.n_global", "views.n_local"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
-    if v.n_global < 2 and cfg.method in ("dino", "swav", "moco"):
+    if v.n_global < 2 and cfg.method in METHODS:
         raise ConfigError(f"views.n_global={v.n_global}: {cfg.method} needs at least 2 global views")
     for key in ("views.global_size", "views.local_size"):
         size = get(cfg, key)

@@ -18,7 +18,7 @@ from rich.console import Console
 from loaders import build_loader, view_groups
 from loaders.registry import missing as missing_loader
 from loaders.datasets import Dataset, load_dataset, common_image_size
-from sslight import checkpoint, config as config_mod, distributed, faults, trace
+from sslight import checkpoint, config as config_mod, distributed, faults, teacher, trace
 from sslight.augment import Photometric, method_photometry
 from sslight.config import AUTO, Config, ConfigError
 from sslight.knn import extract, knn_top1
@@ -74,6 +74,7 @@ def prepare(cfg: Config, user_keys: set[str]) -> Run:
     if per_rank < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images"
                           + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
+    teacher.check(cfg)
     return Run(cfg, dataset, device, out, resume_from, dist)
 
 

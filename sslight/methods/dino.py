@@ -6,6 +6,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sslight import distributed
 from sslight.losses import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
@@ -20,18 +21,25 @@ class Dino(Method):
         d = cfg.dino
         head = DinoHead(backbone.num_features, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.use_bn_in_head)
         self.student = Encoder(backbone, head)
-        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.teacher = self.build_teacher()
         self.register_buffer("center", torch.zeros(1, d.out_dim))
         views = n_global + n_local
         self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
                                                      cfg.loss.alpha), persistent=False)
 
+    def build_teacher(self) -> nn.Module:
+        """DINO's teacher: a copy of the student, then its EMA."""
+        return copy.deepcopy(self.student).requires_grad_(False)
+
+    @torch.no_grad()
+    def teacher_outputs(self, globals_: torch.Tensor) -> torch.Tensor:
+        return self.teacher([globals_])[1]
+
     def loss(self, groups, ctx: StepContext):
         d = self.cfg.dino
         batch = groups[0].shape[0] // self.n_global
         feats, student_out = self.student(groups)
-        with torch.no_grad():
-            _, teacher_out = self.teacher(groups[:1])  # the teacher sees the globals only
+        teacher_out = self.teacher_outputs(groups[0])  # the teacher sees the globals only
         log_probs = F.log_softmax(student_out.float() / d.student_temp, -1).view(-1, batch, d.out_dim)
         teacher_out = teacher_out.float()
         targets = F.softmax((teacher_out - self.center) / ctx.teacher_temp, -1).view(self.n_global, batch, -1)
