@@ -81,8 +81,9 @@ def test_distributed_sinkhorn_equals_the_global_batch(tmp_path):
     scores, queue = torch.randn(2, 12, 10, generator=g), torch.randn(2, 6, 10, generator=g)
     q = queue.shape[1]
     expected = dict(plain=sinkhorn(scores, 0.05, 3), queue=sinkhorn(torch.cat([queue, scores], 1), 0.05, 3)[:, q:])
+    # spawn, not fork: a child forked from a process whose OpenMP pool has run deadlocks in its first parallel op
     mp.start_processes(_collectives, args=(2, str(tmp_path / "store"), scores, queue, expected), nprocs=2,
-                       start_method="fork")
+                       start_method="spawn")
 
 
 def test_sync_bn_converts_every_batchnorm(cifar_small):
