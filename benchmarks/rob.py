@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.learning import SHORT, knn_at_init
+from benchmarks.learning import knn_at_init
+from sslight.sweep import SHORT
 from sslight import checkpoint
 from sslight.cli import main as cli_main
 from sslight.metrics import read
