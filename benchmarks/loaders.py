@@ -29,7 +29,10 @@ RECIPES = {
     "baseline_cnn": [ViewGroup(2, 224, (0.14, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 96, (0.05, 0.14), (3 / 4, 4 / 3))],
     "sslight_cnn": [ViewGroup(2, 224, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 128, (0.05, 0.3), (3 / 4, 4 / 3))],
     "sslight_vit": [ViewGroup(2, 224, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(10, 128, (0.05, 0.3), (3 / 4, 4 / 3))],
+    # the SSLight CNN recipe at CIFAR-10's size, as training resolves it: 32 px globals, 18 px locals
+    "sslight_cifar": [ViewGroup(2, 32, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 18, (0.05, 0.3), (3 / 4, 4 / 3))],
 }
+IMAGENET_RECIPES = ("baseline_cnn", "sslight_cnn", "sslight_vit")
 
 
 class _DecodeOnly(torch.utils.data.Dataset):

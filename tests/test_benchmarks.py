@@ -8,12 +8,12 @@ from benchmarks import suite
 def test_benchmark_suite_smoke(cifar_env, tmp_path):
     out = suite.main(["--profile", "smoke", "--imagenet", str(tmp_path / "absent"), "--out", str(tmp_path / "bench")])
     summary = (out / "summary.md").read_text()
-    for stem in ("loaders_cifar10_sslight_cnn", "augment", "train_model", "train_loaders"):
+    for stem in ("loaders_cifar10_sslight_cifar", "augment", "train_model", "train_loaders"):
         rows = list(csv.DictReader(open(out / f"{stem}.csv")))
         assert rows, stem
         assert (out / f"{stem}.png").stat().st_size > 1000
         assert all(float(r["images/s"]) > 0 for r in rows), rows
-    pipelines = {r["pipeline"] for r in csv.DictReader(open(out / "loaders_cifar10_sslight_cnn.csv"))}
+    pipelines = {r["pipeline"] for r in csv.DictReader(open(out / "loaders_cifar10_sslight_cifar.csv"))}
     assert {"pil", "nvjpeg", "synthetic"} <= pipelines
     loaders = {r["loader"]: r for r in csv.DictReader(open(out / "train_loaders.csv"))}
     assert set(loaders) == {"synthetic", "pil"} and 0 < float(loaders["pil"]["efficiency"])
