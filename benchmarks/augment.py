@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> Table:
         for g, s, ref in zip(groups, seconds, pil):
             table.add(name, device, f"{g.n}x{g.size}", 1000 * s, 1 / s, ref / s)
         table.add(name, device, "all views", 1000 * sum(seconds), 1 / sum(seconds), pil_total / sum(seconds))
-    table.print()
-    if args.csv:
-        table.write_csv(args.csv)
-    return table
+    return table.emit(args.csv)
 
 
 if __name__ == "__main__":

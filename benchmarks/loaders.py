@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> Table:
                   ["pipeline", "output", "images/s", "views/s", "x original", "share of decode-only"])
     for name, what, ips in rows:
         table.add(name, what, ips, ips * n_views, ips / original, f"{100 * ips / decode_only:.0f}%")
-    table.print()
-    if args.csv:
-        table.write_csv(args.csv)
-    return table
+    return table.emit(args.csv)
 
 
 if __name__ == "__main__":

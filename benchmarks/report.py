@@ -29,6 +29,13 @@ class Table:
     def print(self) -> None:
         print("\n" + self.markdown() + "\n", flush=True)
 
+    def emit(self, csv_path: str | Path = "") -> "Table":
+        """Prints the table, and writes it as CSV where a path is given."""
+        self.print()
+        if csv_path:
+            self.write_csv(csv_path)
+        return self
+
     def write_csv(self, path: str | Path) -> None:
         with open(path, "w", newline="") as f:
             w = csv.writer(f)

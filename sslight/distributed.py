@@ -92,35 +92,27 @@ def broadcast_object(obj, dist: Dist):
 
 
 def mean_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    return _reduced(x, tdist.ReduceOp.SUM) / tdist.get_world_size() if active() else x
+
+
+def _reduced(x: torch.Tensor, op) -> torch.Tensor:
     if not active():
         return x
     x = x.clone()
-    tdist.all_reduce(x)
-    return x / tdist.get_world_size()
+    tdist.all_reduce(x, op=op)
+    return x
 
 
 def sum_across_ranks(x: torch.Tensor) -> torch.Tensor:
-    if not active():
-        return x
-    x = x.clone()
-    tdist.all_reduce(x)
-    return x
+    return _reduced(x, tdist.ReduceOp.SUM)
 
 
 def max_across_ranks(x: torch.Tensor) -> torch.Tensor:
-    if not active():
-        return x
-    x = x.clone()
-    tdist.all_reduce(x, op=tdist.ReduceOp.MAX)
-    return x
+    return _reduced(x, tdist.ReduceOp.MAX)
 
 
 def min_across_ranks(x: torch.Tensor) -> torch.Tensor:
-    if not active():
-        return x
-    x = x.clone()
-    tdist.all_reduce(x, op=tdist.ReduceOp.MIN)
-    return x
+    return _reduced(x, tdist.ReduceOp.MIN)
 
 
 @torch.no_grad()
