@@ -17,6 +17,7 @@ from sslight.metrics import read
 from sslight.recipes import build_config
 from sslight.sweep import SHORT  # the sweeps' short CIFAR-10 schedule, explained there
 from sslight.train import build_method, evaluate, prepare, seed_everything
+from sslight.memory import reuse_freed_memory
 
 
 def knn_at_init(overrides: list[str]) -> float:
@@ -29,6 +30,7 @@ def knn_at_init(overrides: list[str]) -> float:
 
 
 def main() -> None:
+    reuse_freed_memory()  # as the trainer does: measure what it runs
     p = argparse.ArgumentParser()
     p.add_argument("--methods", default="dino,swav,moco", help="comma-separated")
     p.add_argument("--model", default="mnv2")
