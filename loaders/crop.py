@@ -39,14 +39,16 @@ def crop_views_torch(image: torch.Tensor, boxes, size: int) -> torch.Tensor:
     return torch.cat(views)
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def thread_pool() -> ThreadPoolExecutor:
+    """The process's pool; a forked worker makes its own (the parent's threads do not survive a fork)."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="sslight-crop")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = os.getpid(), ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()),
+                                                thread_name_prefix="sslight-crop")
+    return _POOL[1]
 
 
 def multi_crop_torch(images: list[torch.Tensor], boxes: list[list[tuple]], size: int) -> torch.Tensor:

@@ -1,7 +1,11 @@
 """nvjpeg backend: workers only read file bytes; the training device decodes the batch
 (torchvision ``decode_jpeg``: nvJPEG on CUDA, libjpeg-turbo on CPU) and the multi-crop kernel
 cuts every view. Non-JPEG files (PNG, ...) and JPEGs the batched decoder rejects (CMYK on
-nvJPEG) take a CPU fallback decode."""
+nvJPEG) take a CPU fallback decode.
+
+When the training device is the CPU, its cores are the worker processes: each worker decodes
+and cuts its whole batch (the same functions, the same views), so geometry runs beside the
+main process's augmentation and training step instead of before it."""
 
 from __future__ import annotations
 
@@ -35,6 +39,30 @@ def collate_bytes(samples):
     data, labels, indices, epochs = zip(*samples)
     lengths = torch.tensor([len(d) for d in data])
     return torch.cat(data), lengths, torch.tensor(labels), torch.tensor(indices), epochs[0]
+
+
+def unpack(packed: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.split(packed, lengths.tolist()))
+
+
+def cut(images, indices: list[int], epoch: int, seed: int, groups) -> list[torch.Tensor]:
+    """Every view of the batch, one (n, B, 3, S, S) tensor per group; keyed on (seed, epoch, index)."""
+    params = [view_params(seed, epoch, i, im.shape[2], im.shape[1], groups) for im, i in zip(images, indices)]
+    return [multi_crop(images, [p[g] for p in params], group.size) for g, group in enumerate(groups)]
+
+
+class DecodeAndCut:
+    """The collate function of the CPU path: a worker decodes and cuts its batch."""
+
+    def __init__(self, split, groups, seed):
+        self.split, self.groups, self.seed = split, groups, seed
+
+    def __call__(self, samples):
+        packed, lengths, labels, indices, epoch = collate_bytes(samples)
+        index_list = indices.tolist()
+        images = decode_batch(unpack(packed, lengths), [self.split.files[i] for i in index_list],
+                              torch.device("cpu"))
+        return cut(images, index_list, epoch, self.seed, self.groups), labels, indices
 
 
 def rgb(image: torch.Tensor) -> torch.Tensor:
@@ -83,23 +111,24 @@ class NvjpegLoader:
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         self.split, self.groups, self.seed, self.device = split, groups, seed, device
         self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
+        on_cpu = device.type == "cpu"
         self.loader = torch.utils.data.DataLoader(
-            FileBytes(split), batch_sampler=self.sampler, num_workers=workers, collate_fn=collate_bytes,
-            persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            FileBytes(split), batch_sampler=self.sampler, num_workers=workers,
+            collate_fn=DecodeAndCut(split, groups, seed) if on_cpu else collate_bytes,
+            persistent_workers=workers > 0, prefetch_factor=(2 if on_cpu else 4) if workers else None,
         )
 
     def batches_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch()
 
-    def cut(self, images, indices, epoch) -> list[torch.Tensor]:
-        params = [view_params(self.seed, epoch, int(i), im.shape[2], im.shape[1], self.groups)
-                  for im, i in zip(images, indices)]
-        return [multi_crop(images, [p[g] for p in params], group.size) for g, group in enumerate(self.groups)]
-
     def epoch(self, epoch: int, skip_batches: int = 0):
         self.sampler.set_epoch(epoch, skip_batches)
+        if self.device.type == "cpu":
+            for views, labels, indices in self.loader:
+                yield Batch(views, labels, indices)
+            return
         for packed, lengths, labels, indices, ep in self.loader:
-            data = list(torch.split(packed, lengths.tolist()))
-            images = decode_batch(data, [self.split.files[i] for i in indices.tolist()], self.device)
-            views = self.cut(images, indices.tolist(), ep)
+            index_list = indices.tolist()
+            images = decode_batch(unpack(packed, lengths), [self.split.files[i] for i in index_list], self.device)
+            views = cut(images, index_list, ep, self.seed, self.groups)
             yield Batch(views, labels.to(self.device), indices.to(self.device))

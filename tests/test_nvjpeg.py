@@ -123,3 +123,16 @@ def test_multi_crop_layout_view_major():
     assert out.shape == (2, 3, 3, 8, 8)
     for b in range(3):
         assert (out[:, b] == b).all()
+
+
+def test_cpu_workers_cut_the_same_views(mixed_files):
+    """On the CPU the workers decode and cut; the views equal the in-process ones, also after the
+    main process has used its crop thread pool (forked workers make their own)."""
+    split = Split(mixed_files * 2, [0, 1, 2, 3] * 2)
+    device = torch.device("cpu")
+    in_process = list(build_loader("nvjpeg", split, GROUPS, 4, 0, device, 0).epoch(1))
+    in_workers = list(build_loader("nvjpeg", split, GROUPS, 4, 0, device, 2).epoch(1))
+    assert len(in_process) == len(in_workers) == 2
+    for a, b in zip(in_process, in_workers):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
