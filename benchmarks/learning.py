@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from sslight.cli import main as cli_main
+from sslight.memory import reuse_freed_memory
 from sslight.metrics import read
 from sslight.recipes import build_config
 from sslight.sweep import SHORT  # the sweeps' short CIFAR-10 schedule, explained there
 from sslight.train import build_method, evaluate, prepare, seed_everything
-from sslight.memory import reuse_freed_memory
 
 
 def knn_at_init(overrides: list[str]) -> float:

@@ -20,7 +20,6 @@ import torch
 from benchmarks import augment, loaders, train
 from benchmarks.report import Table
 from loaders.datasets import data_root, prepare_cifar10
-from sslight.memory import reuse_freed_memory
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,6 @@ def commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    reuse_freed_memory()  # as the trainer does: measure what it runs
     p = argparse.ArgumentParser()
     p.add_argument("--profile", default="gpu" if torch.cuda.is_available() else "cpu", choices=sorted(PROFILES))
     p.add_argument("--imagenet", default=str(data_root() / "imagenet-sample"))

@@ -23,7 +23,6 @@ from benchmarks.report import Table
 from loaders.registry import missing
 from sslight.cli import main as cli_main
 from sslight.metrics import read
-from sslight.memory import reuse_freed_memory
 
 MODES = {
     "fp32_eager": ["train.precision=fp32", "train.compile=false"],
@@ -52,7 +51,6 @@ def throughput(out: Path, overrides: list[str], windows: int, log_every: int) ->
 
 
 def main(argv: list[str] | None = None) -> tuple[Table, Table]:
-    reuse_freed_memory()  # as the trainer does: measure what it runs
     device = "cuda" if torch.cuda.is_available() else "cpu"
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="mnv2", help="comma-separated")

@@ -41,28 +41,24 @@ def collate_bytes(samples):
     return torch.cat(data), lengths, torch.tensor(labels), torch.tensor(indices), epochs[0]
 
 
-def unpack(packed: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-    return list(torch.split(packed, lengths.tolist()))
-
-
-def cut(images, indices: list[int], epoch: int, seed: int, groups) -> list[torch.Tensor]:
-    """Every view of the batch, one (n, B, 3, S, S) tensor per group; keyed on (seed, epoch, index)."""
-    params = [view_params(seed, epoch, i, im.shape[2], im.shape[1], groups) for im, i in zip(images, indices)]
-    return [multi_crop(images, [p[g] for p in params], group.size) for g, group in enumerate(groups)]
-
-
 class DecodeAndCut:
-    """The collate function of the CPU path: a worker decodes and cuts its batch."""
+    """Decodes a packed batch on ``device`` and cuts every view, one (n, B, 3, S, S) tensor per
+    group, keyed on (seed, epoch, index). On the CPU it is the workers' collate function."""
 
-    def __init__(self, split, groups, seed):
-        self.split, self.groups, self.seed = split, groups, seed
+    def __init__(self, split, groups, seed, device):
+        self.split, self.groups, self.seed, self.device = split, groups, seed, device
+
+    def views(self, packed, lengths, indices: torch.Tensor, epoch: int) -> list[torch.Tensor]:
+        index_list = indices.tolist()
+        images = decode_batch(list(torch.split(packed, lengths.tolist())),
+                              [self.split.files[i] for i in index_list], self.device)
+        params = [view_params(self.seed, epoch, i, im.shape[2], im.shape[1], self.groups)
+                  for im, i in zip(images, index_list)]
+        return [multi_crop(images, [p[g] for p in params], group.size) for g, group in enumerate(self.groups)]
 
     def __call__(self, samples):
         packed, lengths, labels, indices, epoch = collate_bytes(samples)
-        index_list = indices.tolist()
-        images = decode_batch(unpack(packed, lengths), [self.split.files[i] for i in index_list],
-                              torch.device("cpu"))
-        return cut(images, index_list, epoch, self.seed, self.groups), labels, indices
+        return self.views(packed, lengths, indices, epoch), labels, indices
 
 
 def rgb(image: torch.Tensor) -> torch.Tensor:
@@ -109,12 +105,13 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
 
 class NvjpegLoader:
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
-        self.split, self.groups, self.seed, self.device = split, groups, seed, device
+        self.device = device
         self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
         on_cpu = device.type == "cpu"
+        self.decode_and_cut = DecodeAndCut(split, groups, seed, device)
         self.loader = torch.utils.data.DataLoader(
             FileBytes(split), batch_sampler=self.sampler, num_workers=workers,
-            collate_fn=DecodeAndCut(split, groups, seed) if on_cpu else collate_bytes,
+            collate_fn=self.decode_and_cut if on_cpu else collate_bytes,
             persistent_workers=workers > 0, prefetch_factor=(2 if on_cpu else 4) if workers else None,
         )
 
@@ -128,7 +125,5 @@ class NvjpegLoader:
                 yield Batch(views, labels, indices)
             return
         for packed, lengths, labels, indices, ep in self.loader:
-            index_list = indices.tolist()
-            images = decode_batch(unpack(packed, lengths), [self.split.files[i] for i in index_list], self.device)
-            views = cut(images, index_list, ep, self.seed, self.groups)
+            views = self.decode_and_cut.views(packed, lengths, indices, ep)
             yield Batch(views, labels.to(self.device), indices.to(self.device))
