@@ -17,7 +17,6 @@ from PIL import Image
 from benchmarks.loaders import RECIPES, original_photometric
 from benchmarks.report import Table
 from sslight.augment import Photometric, method_photometry
-from sslight.memory import reuse_freed_memory
 
 
 def device_seconds(groups, batch: int, device: torch.device, repeats: int) -> list[float]:
@@ -63,7 +62,6 @@ def pil_seconds(groups, images: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> Table:
-    reuse_freed_memory()  # as the trainer does: measure what it runs
     p = argparse.ArgumentParser()
     p.add_argument("--recipe", default="sslight_cnn", choices=sorted(RECIPES))
     p.add_argument("--batch", type=int, default=64)

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from sslight.cli import main as cli_main
-from sslight.memory import reuse_freed_memory
 from sslight.metrics import read
 from sslight.recipes import build_config
 from sslight.sweep import SHORT  # the sweeps' short CIFAR-10 schedule, explained there
@@ -30,7 +29,6 @@ def knn_at_init(overrides: list[str]) -> float:
 
 
 def main() -> None:
-    reuse_freed_memory()  # as the trainer does: measure what it runs
     p = argparse.ArgumentParser()
     p.add_argument("--methods", default="dino,swav,moco", help="comma-separated")
     p.add_argument("--model", default="mnv2")

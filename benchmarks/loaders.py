@@ -24,7 +24,6 @@ from loaders.batch import ViewGroup
 from loaders.datasets import discover
 from loaders.pil import open_rgb
 from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, method_photometry
-from sslight.memory import reuse_freed_memory
 
 RECIPES = {
     "baseline_cnn": [ViewGroup(2, 224, (0.14, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 96, (0.05, 0.14), (3 / 4, 4 / 3))],
@@ -129,7 +128,6 @@ def cycle(loader):
 
 
 def main(argv: list[str] | None = None) -> Table:
-    reuse_freed_memory()  # as the trainer does: measure what it runs
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--backends", nargs="+", default=["pil", "nvjpeg", "dali", "ffcv"])

@@ -7,7 +7,6 @@ import sys
 
 from loaders.datasets import DataError
 from sslight.config import ConfigError
-from sslight.memory import reuse_freed_memory
 
 # flag -> dotted key; empty values (unset Make variables) are ignored
 FLAGS = {
@@ -80,7 +79,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    reuse_freed_memory()
     p = parser()
     # overrides may sit between flags; argparse hands the later ones back as extras
     args, extra = p.parse_known_args(argv)
