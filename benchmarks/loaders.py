@@ -9,6 +9,7 @@ Usage: python -m benchmarks.loaders --data DIR [--backends pil nvjpeg dali ffcv]
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
 
@@ -101,24 +102,25 @@ class _Original(torch.utils.data.Dataset):
         return [t(image) for t in self.views]
 
 
-def rate(iterable, batches: int, batch_size: int, warmup: int = 2) -> float:
-    """Images/s over ``batches`` batches after ``warmup`` batches."""
-    it = iter(iterable)
+def rate(stream, batches: int, batch_size: int, warmup: int, transform=None) -> float:
+    """Images/s over ``batches`` batches of ``stream`` after ``warmup`` batches (enough to drain what
+    the loader prefetched while it waited, which would otherwise come for free)."""
     for _ in range(warmup):
-        next(it)
+        next(stream)
     start = time.perf_counter()
     for _ in range(batches):
-        next(it)
+        batch = next(stream)
+        if transform:
+            transform(batch)
     if torch.cuda.is_available():
         torch.cuda.synchronize()  # GPU loaders return before their kernels finish
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def cycle_epochs(loader, transform=None):
+def cycle_epochs(loader):
     epoch = 0
     while True:
-        for batch in loader.epoch(epoch):
-            yield transform(batch) if transform else batch
+        yield from loader.epoch(epoch)
         epoch += 1
 
 
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> Table:
     p.add_argument("--recipe", default="sslight_cnn", choices=sorted(RECIPES))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3, help="every pipeline is measured once per round")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--csv", default="")
@@ -142,16 +145,12 @@ def main(argv: list[str] | None = None) -> Table:
     groups = RECIPES[args.recipe]
     device = torch.device(args.device)
     n_views = sum(g.n for g in groups)
-    rows = []
+    warmup = 2 + 4 * args.workers  # drains the deepest prefetch queue here (4 batches per worker)
 
     def dl(ds, collate=None):
         return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                            drop_last=True, persistent_workers=True, collate_fn=collate)
 
-    decode_only = rate(cycle(dl(_DecodeOnly(split.files))), args.batches, args.batch)
-    original = rate(cycle(dl(_Original(split.files, groups))), args.batches, args.batch)
-    rows.append(("decode only (torchvision decode_jpeg)", "reference", decode_only))
-    rows.append(("original SSLight data path (PIL, per view)", "views ready", original))
     photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
                               torch.float32)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -160,19 +159,41 @@ def main(argv: list[str] | None = None) -> Table:
     def augment(batch):
         return [photometric(v, f, generator) for v, f in zip(batch.views, first)]
 
+    # (stream factory, [(pipeline, output, transform)]): a backend's two rows share one stream
+    pipelines = [(lambda: cycle(dl(_DecodeOnly(split.files))), [("decode only (torchvision decode_jpeg)",
+                                                                  "reference", None)]),
+                 (lambda: cycle(dl(_Original(split.files, groups))),
+                  [("original SSLight data path (PIL, per view)", "views ready", None)])]
     for backend in args.backends:
         if missing(backend):
             print(f"skipping {backend}: not installed here")
             continue
-        loader = build_loader(backend, split, groups, args.batch, 0, device, args.workers)
-        rows.append((backend, "geometry", rate(cycle_epochs(loader), args.batches, args.batch)))
-        rows.append((backend, "views ready", rate(cycle_epochs(loader, augment), args.batches, args.batch)))
+        pipelines.append((lambda b=backend: cycle_epochs(build_loader(b, split, groups, args.batch, 0, device,
+                                                                      args.workers)),
+                          [(backend, "geometry", None), (backend, "views ready", augment)]))
+
+    def measure(make_stream, rows):
+        # one pipeline at a time, its workers gone before the next starts: a live loader keeps
+        # refilling its prefetch queue and would steal the cores from the one being measured
+        stream = make_stream()
+        try:
+            return [rate(stream, args.batches, args.batch, warmup, transform) for _, _, transform in rows]
+        finally:
+            stream.close()
+            gc.collect()
+
+    # one row per round; ratios are taken within a round, where the machine's mood is shared
+    rounds = torch.tensor([[r for make, rows in pipelines for r in measure(make, rows)] for _ in range(args.rounds)])
+    median = lambda t: t.median(0).values.tolist()  # noqa: E731
+    ips, x_original, share = median(rounds), median(rounds / rounds[:, 1:2]), median(rounds / rounds[:, 0:1])
+    names = [row[:2] for _, rows in pipelines for row in rows]
 
     table = Table(f"loaders, {args.recipe}: {groups[0].n}x{groups[0].size} + {groups[1].n}x{groups[1].size}, "
-                  f"batch {args.batch}, {args.workers} workers, {device.type}, {len(split)} images in {args.data}",
+                  f"batch {args.batch}, {args.workers} workers, {device.type}, {len(split)} images in {args.data}; "
+                  f"medians of {args.rounds} rounds of {args.batches} batches",
                   ["pipeline", "output", "images/s", "views/s", "x original", "share of decode-only"])
-    for name, what, ips in rows:
-        table.add(name, what, ips, ips * n_views, ips / original, f"{100 * ips / decode_only:.0f}%")
+    for (name, what), r, x, d in zip(names, ips, x_original, share):
+        table.add(name, what, r, r * n_views, x, f"{100 * d:.0f}%")
     return table.emit(args.csv)
 
 

@@ -28,6 +28,7 @@ class Profile:
     backends: str
     loader_batch: int
     loader_batches: int
+    loader_rounds: int
     augment_batch: int
     train_models: str
     train_modes: str
@@ -41,18 +42,19 @@ class Profile:
 PROFILES = {
     # about 10 minutes on the 2-core CPU machine
     "cpu": Profile(recipes=loaders.IMAGENET_RECIPES, backends="pil,nvjpeg,dali,ffcv", loader_batch=32,
-                   loader_batches=10, augment_batch=32, train_models="mnv2", train_modes="fp32_eager",
+                   loader_batches=10, loader_rounds=3, augment_batch=32, train_models="mnv2",
+                   train_modes="fp32_eager",
                    train_loaders="pil,nvjpeg,dali,ffcv", train_windows=2, train_log_every=5,
                    train_overrides=("train.batch_size=32", "data.limit=2000")),
     # one call on one H100: 224 px views from the ImageNet-sized sample
     "gpu": Profile(recipes=loaders.IMAGENET_RECIPES, backends="nvjpeg,dali,pil,ffcv", loader_batch=128,
-                   loader_batches=30, augment_batch=256, train_models="mnv2,r18",
+                   loader_batches=30, loader_rounds=3, augment_batch=256, train_models="mnv2,r18",
                    train_modes="fp32_eager,bf16_eager,bf16_compiled", train_loaders="nvjpeg,dali,pil",
                    train_windows=3, train_log_every=10, train_on_imagenet=True,
                    train_overrides=("train.batch_size=128", "data.workers=12")),
     # CI: every benchmark for a few batches
     "smoke": Profile(recipes=("sslight_cnn",), backends="pil,nvjpeg,synthetic", loader_batch=8, loader_batches=2,
-                     augment_batch=4, train_models="mnv2", train_modes="fp32_eager", train_loaders="pil",
+                     loader_rounds=1, augment_batch=4, train_models="mnv2", train_modes="fp32_eager", train_loaders="pil",
                      train_windows=1, train_log_every=1,
                      train_overrides=("train.batch_size=8", "data.limit=64", "data.workers=0",
                                       "dino.out_dim=256", "dino.hidden_dim=128", "dino.bottleneck_dim=32")),
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> Path:
     for name, path in datasets.items():
         for recipe in prof.recipes if name != "cifar10" else ("sslight_cifar",):
             table = loaders.main(["--data", path, "--recipe", recipe, "--backends", *prof.backends.split(","),
-                                  "--batch", str(prof.loader_batch), "--batches", str(prof.loader_batches)])
+                                  "--batch", str(prof.loader_batch), "--batches", str(prof.loader_batches),
+                                  "--rounds", str(prof.loader_rounds)])
             tables.append((f"loaders_{name}_{recipe}", table, "images/s", ["pipeline", "output"]))
     tables.append(("augment", augment.main(["--batch", str(prof.augment_batch), "--repeats", "3",
                                             "--pil-images", str(min(16, prof.augment_batch))]),

@@ -2,9 +2,10 @@
 
 Loaders hand over uint8 views with geometry applied; everything photometric happens here,
 once, for every backend. Per sample, colour jitter and greyscale are composed into one 3x3
-colour matrix plus an offset and applied with a single batched matmul; blur is a separable
-Gaussian with a per-sample kernel (an identity kernel where blur is off), so a group of views
-is augmented with a fixed number of tensor ops and no host synchronisation.
+colour matrix plus an offset; blur is a separable Gaussian with per-sample taps. The per-sample
+parameters are drawn and composed here with small tensor ops; the pixel work is then either a
+fixed number of batched tensor ops with no host synchronisation (accelerators: one matmul, an
+identity kernel where blur is off) or, on the CPU, the fused kernel of ``sslight.augment_cpu``.
 
 Where this departs from torchvision's ``ColorJitter`` (documented, by design):
 - the jitter order is fixed (brightness, contrast, saturation, hue), not shuffled per call;
@@ -71,7 +72,6 @@ class Photometric:
         self.sigma_scale = global_size / REFERENCE_SIZE
         self.max_radius = math.ceil(3 * SIGMA_RANGE[1] * self.sigma_scale)
         f = dict(device=device)
-        self.solarizes = [s.solarize_p > 0 for s in settings]
         std = torch.tensor(IMAGENET_STD, **f).view(1, 3, 1, 1)
         self.norm_scale, self.norm_shift = 1 / std, -torch.tensor(IMAGENET_MEAN, **f).view(1, 3, 1, 1) / std
         self.luma = torch.tensor(LUMA, **f)
@@ -108,25 +108,21 @@ class Photometric:
         g = torch.where(grey_on, self.grey.expand(n, 3, 3), eye)
         return g @ m, (g @ o.unsqueeze(-1)).squeeze(-1)
 
-    def blur(self, x: torch.Tensor, u_on: torch.Tensor, u_sigma: torch.Tensor, blur_p: torch.Tensor):
-        n, ch, h, w = x.shape
-        radius = min(self.max_radius, h - 1, w - 1)
+    def blur_kernels(self, u_sigma: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Per-sample normalised Gaussian taps (n, 2r+1), sigma drawn from ``u_sigma``."""
+        radius = max(0, min(self.max_radius, h - 1, w - 1))
+        sigma = (SIGMA_RANGE[0] + (SIGMA_RANGE[1] - SIGMA_RANGE[0]) * u_sigma) * self.sigma_scale
+        taps = torch.arange(-radius, radius + 1, device=self.device, dtype=torch.float32)
+        kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+        return kernel / kernel.sum(1, keepdim=True)
+
+    def blur(self, x: torch.Tensor, kernel: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+        """Blurs the samples where ``on``; the others get an identity kernel, so there is no host sync."""
+        radius = (kernel.shape[1] - 1) // 2
         if radius < 1:
             return x
-        sigma = (SIGMA_RANGE[0] + (SIGMA_RANGE[1] - SIGMA_RANGE[0]) * u_sigma) * self.sigma_scale
-        taps = torch.arange(-radius, radius + 1, device=self.device, dtype=x.dtype)
-        kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
-        kernel = kernel / kernel.sum(1, keepdim=True)
-        on = u_on < blur_p
-        if x.device.type == "cpu":
-            # a host sync is free on the CPU: blur only the samples drawn for blur, in place
-            chosen = on.nonzero().squeeze(1)
-            if len(chosen):
-                x.index_copy_(0, chosen, self._separable(x[chosen], kernel[chosen], radius))
-            return x
-        # on an accelerator, no sync: samples without blur get an identity kernel
-        identity = (taps == 0).to(x.dtype).expand_as(kernel)
-        return self._separable(x, torch.where(on.view(-1, 1), kernel, identity), radius)
+        identity = (torch.arange(kernel.shape[1], device=x.device) == radius).to(kernel.dtype).expand_as(kernel)
+        return self._separable(x, torch.where(on.view(-1, 1), kernel, identity).to(x.dtype), radius)
 
     @staticmethod
     def _separable(x: torch.Tensor, kernel: torch.Tensor, radius: int) -> torch.Tensor:
@@ -143,26 +139,38 @@ class Photometric:
         return self.apply(views, first_view, torch.rand(n, 9, generator=generator, device=self.device))
 
     def apply(self, views: torch.Tensor, first_view: int, u: torch.Tensor) -> torch.Tensor:
-        """Augments with the given uniform draws ``u`` (n_views*B, 9): one row per output view."""
+        """Augments with the given uniform draws ``u`` (n_views*B, 9): one row per output view.
+
+        On the CPU the fused kernel of ``sslight.augment_cpu`` does the pixel work; elsewhere
+        tensor ops do. Both take the same per-sample parameters."""
         n_views, batch = views.shape[:2]
-        table = self.table[first_view:first_view + n_views].repeat_interleave(batch, 0)
-        x = views.flatten(0, 1).float()  # 0..255: the colour matrix takes the 1/255 scale
-        n, _, h, w = x.shape
-        m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], x.mean((2, 3)) / 255)
-        x = torch.baddbmm(o.unsqueeze(-1), m / 255, x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 1)
-        x = self.blur(x, u[:, 6], u[:, 7], table[:, 6])
-        if any(self.solarizes[first_view:first_view + n_views]):
-            x = self.solarize(x, u[:, 8] < table[:, 7])
+        views = views.flatten(0, 1)
+        params = self.parameters(views, self.table[first_view:first_view + n_views].repeat_interleave(batch, 0), u)
+        if views.device.type == "cpu":
+            return self.fused_cpu(views, *params)
+        return self.tensor_ops(views, *params)
+
+    def parameters(self, views: torch.Tensor, table: torch.Tensor, u: torch.Tensor):
+        """Per-sample colour matrix (for 0..255 input) and offset, blur taps, blur and solarize flags."""
+        if views.device.type == "cpu":
+            from sslight.augment_cpu import channel_means  # numba: CPU only, absent from some GPU images
+            means = channel_means(views)
+        else:
+            means = views.float().mean((2, 3))
+        m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], means / 255)
+        kernel = self.blur_kernels(u[:, 7], *views.shape[2:])
+        return m / 255, o, kernel, u[:, 6] < table[:, 6], u[:, 8] < table[:, 7]
+
+    def fused_cpu(self, views, matrix, offset, kernel, blur_on, solarize_on) -> torch.Tensor:
+        from sslight.augment_cpu import photometric
+        return photometric(views, matrix, offset, kernel, blur_on, solarize_on, SOLARIZE_THRESHOLD,
+                           self.norm_scale, self.norm_shift).to(self.dtype)
+
+    def tensor_ops(self, views, matrix, offset, kernel, blur_on, solarize_on) -> torch.Tensor:
+        n, _, h, w = views.shape
+        x = torch.baddbmm(offset.unsqueeze(-1), matrix, views.float().view(n, 3, h * w)).view(n, 3, h, w)
+        x = self.blur(x.clamp_(0, 1), kernel, blur_on)
+        x = torch.where(solarize_on.view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
         # normalise and change layout in one pass
         out = torch.empty_like(x, memory_format=torch.channels_last)
         return torch.addcmul(self.norm_shift, x, self.norm_scale, out=out).to(self.dtype)
-
-    @staticmethod
-    def solarize(x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":  # as blur: only the chosen samples, in place
-            chosen = on.nonzero().squeeze(1)
-            if len(chosen):
-                part = x[chosen]
-                x.index_copy_(0, chosen, torch.where(part >= SOLARIZE_THRESHOLD, 1 - part, part))
-            return x
-        return torch.where(on.view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1 - x, x)

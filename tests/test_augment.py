@@ -88,8 +88,8 @@ def test_blur_matches_torchvision_gaussian():
     aug = Photometric([only(blur_p=1.0)], 224, torch.device("cpu"), torch.float32)
     x = torch.rand(1, 3, 32, 32)
     sigma = torch.tensor([1.3])
-    u_sigma = (sigma - 0.1) / 1.9
-    ours = aug.blur(x.clone(), torch.zeros(1), u_sigma, torch.ones(1))  # blurs in place on the CPU
+    kernel = aug.blur_kernels((sigma - 0.1) / 1.9, 32, 32)
+    ours = aug.blur(x, kernel, torch.tensor([True]))
     ref = TF.gaussian_blur(x, kernel_size=[2 * aug.max_radius + 1] * 2, sigma=[1.3, 1.3])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
@@ -144,3 +144,18 @@ def test_same_seed_same_views():
     a = aug(views, 0, torch.Generator().manual_seed(7))
     b = aug(views, 0, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method, size, n_views", [("dino", 224, 2), ("dino", 18, 6), ("swav", 96, 3), ("dino", 4, 2)])
+def test_cpu_kernel_equals_tensor_ops(method, size, n_views):
+    """The fused CPU kernel computes what the accelerator's tensor ops compute, view by view
+    (4 px views clamp the blur radius to 3)."""
+    settings = method_photometry(method, 2, 6)
+    aug = Photometric(settings, 224, torch.device("cpu"), torch.float32)
+    g = torch.Generator().manual_seed(6)
+    views = torch.randint(0, 256, (n_views, 16, 3, size, size), dtype=torch.uint8, generator=g).flatten(0, 1)
+    table = aug.table[:n_views].repeat_interleave(16, 0)
+    params = aug.parameters(views, table, torch.rand(len(views), 9, generator=g))
+    fused = aug.fused_cpu(views, *params)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, aug.tensor_ops(views, *params), atol=2e-5, rtol=0)
