@@ -54,8 +54,8 @@ PROFILES = {
                    train_overrides=("train.batch_size=128", "data.workers=12")),
     # CI: every benchmark for a few batches
     "smoke": Profile(recipes=("sslight_cnn",), backends="pil,nvjpeg,synthetic", loader_batch=8, loader_batches=2,
-                     loader_rounds=1, augment_batch=4, train_models="mnv2", train_modes="fp32_eager", train_loaders="pil",
-                     train_windows=1, train_log_every=1,
+                     loader_rounds=1, augment_batch=4, train_models="mnv2", train_modes="fp32_eager",
+                     train_loaders="pil", train_windows=1, train_log_every=1,
                      train_overrides=("train.batch_size=8", "data.limit=64", "data.workers=0",
                                       "dino.out_dim=256", "dino.hidden_dim=128", "dino.bottleneck_dim=32")),
 }

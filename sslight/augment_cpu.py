@@ -86,13 +86,18 @@ def _photometric(views, matrix, offset, kernel, blur_on, solarize_on, threshold,
                     out[i, a, b, c] = line[b] * sc + sh
 
 
+def _use_torch_threads() -> None:
+    """Numba's pool follows torch's thread setting, so the two do not oversubscribe the cores."""
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def _array(t: torch.Tensor, dtype) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy(), dtype=dtype)
 
 
 def channel_means(views: torch.Tensor) -> torch.Tensor:
     """(n, 3) float32 means in 0..255 of uint8 views (n, 3, H, W), without a float copy of the views."""
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    _use_torch_threads()
     return torch.from_numpy(_channel_means(views.contiguous().numpy())).float()
 
 
@@ -104,7 +109,7 @@ def photometric(views: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor,
     ``x * scale + shift`` per channel."""
     n, _, h, w = views.shape
     out = np.empty((n, h, w, 3), np.float32)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    _use_torch_threads()
     _photometric(views.contiguous().numpy(), _array(matrix, np.float32), _array(offset, np.float32),
                  _array(kernel, np.float32), _array(blur_on, np.bool_), _array(solarize_on, np.bool_),
                  np.float32(threshold), _array(scale.flatten(), np.float32), _array(shift.flatten(), np.float32),
