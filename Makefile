@@ -94,7 +94,7 @@ bench-gpu: install bench-data
 # What the GPU machine needs beside the repo (under its 64 MiB carry limit): the CIFAR-10
 # archive, 200 ImageNet-sized JPEGs and the pure-Python wheels it lacks. Then, there:
 # bash scripts/gpu_check.sh
-GPU_WHEELS := rich markdown-it-py mdurl pygments pytest iniconfig pluggy packaging matplotlib contourpy \
+GPU_WHEELS := simplejpeg rich markdown-it-py mdurl pygments pytest iniconfig pluggy packaging matplotlib contourpy \
 	cycler fonttools kiwisolver pyparsing python-dateutil six
 gpu-data: install
 	rm -rf gpu_data && mkdir -p gpu_data/wheels gpu_data/imagenet-sample

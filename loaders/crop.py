@@ -29,14 +29,23 @@ except ImportError:  # CPU-only installs may lack Triton; the torch path serves 
     triton = None
 
 
+def crop_into(out: torch.Tensor, image: torch.Tensor, box) -> None:
+    """Resamples one box (top, left, h, w, flip) of a (3, H, W) uint8 image into ``out`` (3, S, S)."""
+    top, left, h, w, flip = box
+    size = out.shape[-2:]
+    # the out= form of F.interpolate(mode="bicubic", antialias=True): no temporary view to copy
+    torch._C._nn._upsample_bicubic2d_aa(image[None, :, top:top + h, left:left + w], size, False, None, None,
+                                         out=out[None])
+    if flip:
+        out.copy_(out.flip(-1))
+
+
 def crop_views_torch(image: torch.Tensor, boxes, size: int) -> torch.Tensor:
     """(n, 3, S, S) uint8 views of one (3, H, W) uint8 image; boxes are (top, left, h, w, flip)."""
-    views = []
-    for top, left, h, w, flip in boxes:
-        view = F.interpolate(image[None, :, top:top + h, left:left + w], size=(size, size), mode="bicubic",
-                             antialias=True, align_corners=False)
-        views.append(view.flip(-1) if flip else view)
-    return torch.cat(views)
+    out = torch.empty(len(boxes), 3, size, size, dtype=torch.uint8, device=image.device)
+    for view, box in zip(out, boxes):
+        crop_into(view, image, box)
+    return out
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -51,13 +60,30 @@ def thread_pool() -> ThreadPoolExecutor:
     return _POOL[1]
 
 
+def output_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An empty uint8 tensor; in a DataLoader worker it lives in shared memory from the start, so
+    handing it to the main process copies nothing (as torch's default_collate does)."""
+    if device.type == "cpu" and torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    return torch.empty(shape, dtype=torch.uint8, device=device)
+
+
 def multi_crop_torch(images: list[torch.Tensor], boxes: list[list[tuple]], size: int) -> torch.Tensor:
-    """(n, B, 3, S, S): ``boxes[b]`` lists the n boxes of image b."""
+    """(n, B, 3, S, S): ``boxes[b]`` lists the n boxes of image b. Every view is resampled straight
+    into its place in the output."""
+    out = output_buffer((len(boxes[0]), len(images), 3, size, size), images[0].device)
+
+    def cut(b: int) -> None:
+        for v, box in enumerate(boxes[b]):
+            crop_into(out[v, b], images[b], box)
+
     if images[0].device.type == "cpu" and len(images) > 1:
-        views = list(thread_pool().map(lambda ib: crop_views_torch(ib[0], ib[1], size), zip(images, boxes)))
+        list(thread_pool().map(cut, range(len(images))))
     else:
-        views = [crop_views_torch(im, bx, size) for im, bx in zip(images, boxes)]
-    return torch.stack(views, 1)
+        for b in range(len(images)):
+            cut(b)
+    return out
 
 
 if triton is not None:

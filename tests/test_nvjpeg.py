@@ -104,6 +104,20 @@ def test_decode_batch_handles_grey_cmyk_png(mixed_files):
         assert (im.permute(1, 2, 0).float() - torch.from_numpy(ref).float()).abs().mean() < 6
 
 
+def test_cpu_decode_equals_torchvision(tmp_path):
+    """The CPU decode (simplejpeg) gives torchvision's decode_jpeg pixels, in the same layout."""
+    from torchvision.io import decode_jpeg, read_file
+
+    from loaders.nvjpeg import decode_jpeg_cpu
+
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(natural_image(123, 77)).save(path, quality=90)
+    data = read_file(str(path))
+    ours, ref = decode_jpeg_cpu(data), decode_jpeg(data)
+    assert ours.shape == ref.shape == (3, 77, 123) and ours.dtype == torch.uint8
+    assert (ours.int() - ref.int()).abs().max() <= 1
+
+
 def test_nvjpeg_views_match_pil_backend(mixed_files):
     split = Split(mixed_files, [0, 1, 2, 3])
     device = torch.device("cpu")
