@@ -14,7 +14,8 @@ Where this departs from torchvision's ``ColorJitter`` (documented, by design):
   HSV hue most for saturated colours;
 - values are clamped to [0, 1] once at the end, not after each jitter op.
 Blur sigma is drawn from U(0.1, 2.0) pixels at the 224 px reference and scaled with the
-global view size, so small images (CIFAR) keep the blur's relative strength.
+global view size, so small images (CIFAR) keep the blur's relative strength; the Gaussian is cut
+at ceil(3 sigma) pixels (the CPU kernel then only runs the taps it needs).
 """
 
 from __future__ import annotations
@@ -109,11 +110,13 @@ class Photometric:
         return g @ m, (g @ o.unsqueeze(-1)).squeeze(-1)
 
     def blur_kernels(self, u_sigma: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Per-sample normalised Gaussian taps (n, 2r+1), sigma drawn from ``u_sigma``."""
+        """Per-sample normalised Gaussian taps (n, 2R+1), sigma drawn from ``u_sigma``; each kernel
+        reaches ceil(3 sigma) pixels (at most R) and is zero beyond, so its size follows sigma."""
         radius = max(0, min(self.max_radius, h - 1, w - 1))
         sigma = (SIGMA_RANGE[0] + (SIGMA_RANGE[1] - SIGMA_RANGE[0]) * u_sigma) * self.sigma_scale
         taps = torch.arange(-radius, radius + 1, device=self.device, dtype=torch.float32)
         kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+        kernel = torch.where(taps.abs() <= torch.ceil(3 * sigma).view(-1, 1), kernel, 0)
         return kernel / kernel.sum(1, keepdim=True)
 
     def blur(self, x: torch.Tensor, kernel: torch.Tensor, on: torch.Tensor) -> torch.Tensor:

@@ -37,10 +37,16 @@ def _channel_means(views):
 @njit(parallel=True, fastmath=True, cache=True)
 def _photometric(views, matrix, offset, kernel, blur_on, solarize_on, threshold, scale, shift, out):
     n, _, h, w = views.shape
-    taps = kernel.shape[1]
+    reach = (kernel.shape[1] - 1) // 2
     for i in prange(n):
-        r = (taps - 1) // 2 if blur_on[i] else 0
-        k = kernel[i]
+        r = 0
+        if blur_on[i]:  # the taps of kernel i that are not zero: its own radius, not the widest one
+            for t in range(reach):
+                if kernel[i, t] != 0:
+                    r = reach - t
+                    break
+        taps = 2 * r + 1
+        k = kernel[i, reach - r:reach + r + 1]
         padded = np.empty((h + 2 * r, w + 2 * r), np.float32)  # one colour plane, reflect-padded by r
         rows = np.empty((h + 2 * r, w), np.float32)  # after the horizontal pass
         line = np.empty(w, np.float32)
