@@ -33,12 +33,15 @@ from sslight.sweep_run import RESULT
 # CIFAR-10 subset, 3 epochs, warm-ups and freezes shortened to the run, and LARS's trust
 # coefficient raised to 0.02 as solo-learn's CIFAR configs do (with eta 0.001 a weight moves by
 # lr * eta of its norm per step: too slow for a 200-step run at batch 64, while biases and norm
-# parameters move at full lr). ARGS override these.
+# parameters move at full lr). SwAV at batch 64 follows SwAV's own advice for small batches: a
+# queue from the start (60 batches) and the prototypes frozen in the first epoch; without them
+# its loss sits at ln(prototypes) within 60 steps and kNN falls below initialisation
+# (BENCHMARKS.md, learning check). ARGS override these.
 SHORT = [
     "data.limit=5000", "train.epochs=3", "train.batch_size=64", "eval.every=0", "optim.eta=0.02",
     "eval.bank_limit=10000", "eval.query_limit=2000", "optim.warmup_epochs=0.5",
     "dino.warmup_teacher_temp_epochs=1", "dino.momentum_teacher=0.99",
-    "swav.n_prototypes=300", "swav.freeze_prototypes_epochs=0", "moco.queue_length=4096",
+    "swav.n_prototypes=300", "swav.queue_length=3840", "swav.epoch_queue_starts=0", "moco.queue_length=4096",
 ]
 PACK_MARGIN = 1.2
 CUDA_CONTEXT_GIB = 1.0
