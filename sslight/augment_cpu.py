@@ -14,6 +14,8 @@ this file, so later processes load it in well under a second.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import torch
@@ -107,6 +109,23 @@ def channel_means(views: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_channel_means(views.contiguous().numpy())).float()
 
 
+_OUTPUTS: dict[tuple[int, ...], torch.Tensor] = {}
+_OUTPUTS_LOCK = threading.Lock()  # the check and the taking of a buffer are one step
+
+
+def _output(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 buffer of ``shape``, the previous one of that shape when nothing outside this
+    module still uses it. Fresh allocations this large come from the OS as pages that are zeroed
+    and faulted in one by one, at a cost close to the kernel's own; a consumer that drops its
+    views before asking for the next batch gets them without that cost."""
+    with _OUTPUTS_LOCK:
+        buffer = _OUTPUTS.get(shape)
+        # two users when unused: the cached tensor and the storage object made to count them
+        if buffer is None or torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) > 2:
+            buffer = _OUTPUTS[shape] = torch.empty(shape)
+        return buffer.numpy()
+
+
 def photometric(views: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, kernel: torch.Tensor,
                 blur_on: torch.Tensor, solarize_on: torch.Tensor, threshold: float,
                 scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -114,7 +133,7 @@ def photometric(views: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor,
     separable blur with ``kernel`` (n, 2r+1) where ``blur_on``, solarize where ``solarize_on``, and
     ``x * scale + shift`` per channel."""
     n, _, h, w = views.shape
-    out = np.empty((n, h, w, 3), np.float32)
+    out = _output((n, h, w, 3))
     _use_torch_threads()
     _photometric(views.contiguous().numpy(), _array(matrix, np.float32), _array(offset, np.float32),
                  _array(kernel, np.float32), _array(blur_on, np.bool_), _array(solarize_on, np.bool_),

@@ -159,3 +159,18 @@ def test_cpu_kernel_equals_tensor_ops(method, size, n_views):
     fused = aug.fused_cpu(views, *params)
     assert fused.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fused, aug.tensor_ops(views, *params), atol=2e-5, rtol=0)
+
+
+def test_cpu_output_buffer_reused_only_when_dropped():
+    """The CPU kernel's output buffer comes back for the next batch only once the caller has let
+    go of the previous one: held views are never overwritten."""
+    aug = Photometric(method_photometry("dino", 2, 0), 32, torch.device("cpu"), torch.float32)
+    views = colourful(8, 32).expand(2, -1, -1, -1, -1)
+    first = aug(views, 0, torch.Generator().manual_seed(1))
+    kept = first.clone()
+    second = aug(views, 0, torch.Generator().manual_seed(2))
+    assert first.data_ptr() != second.data_ptr() and torch.equal(first, kept)
+    pointer = second.data_ptr()
+    del first, second
+    third = aug(views, 0, torch.Generator().manual_seed(1))
+    assert third.data_ptr() == pointer and torch.equal(third, kept)
