@@ -2,14 +2,15 @@
 
 Filter: antialiased bicubic (Keys cubic, a = -0.5, the support widened by the down-scaling
 factor), the filter of PIL's ``Image.resize(..., BICUBIC)`` and of torch's
-``interpolate(mode="bicubic", antialias=True)``; flips are folded into the sampling position.
+``interpolate(mode="bicubic", antialias=True)``.
 
 Two implementations behind :func:`multi_crop`:
-- torch (CPU, and CUDA without Triton): one ``interpolate`` per view on the box's slice, which
-  on uint8 CPU tensors runs torch's vectorised fixed-point resampler; images are split over
-  a thread pool, as torch releases the GIL in its kernels;
+- torch (CPU, and CUDA without Triton): one ``interpolate`` per view on the box's slice, written
+  into the view's slot of the output; on uint8 CPU tensors it runs torch's vectorised
+  fixed-point resampler; images are split over a thread pool, as torch releases the GIL in its
+  kernels; flipped views are mirrored in place afterwards;
 - Triton (CUDA): one launch per resolution group computes all B * n views from a packed
-  buffer of the decoded images; tested against the torch path on the CPU with
+  buffer of the decoded images, flips folded into the sampling position; tested against the torch path on the CPU with
   ``TRITON_INTERPRET=1``.
 """
 
@@ -20,7 +21,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 
 try:
     import triton
@@ -38,14 +38,6 @@ def crop_into(out: torch.Tensor, image: torch.Tensor, box) -> None:
                                          out=out[None])
     if flip:
         out.copy_(out.flip(-1))
-
-
-def crop_views_torch(image: torch.Tensor, boxes, size: int) -> torch.Tensor:
-    """(n, 3, S, S) uint8 views of one (3, H, W) uint8 image; boxes are (top, left, h, w, flip)."""
-    out = torch.empty(len(boxes), 3, size, size, dtype=torch.uint8, device=image.device)
-    for view, box in zip(out, boxes):
-        crop_into(view, image, box)
-    return out
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None

@@ -1,8 +1,8 @@
 """nvjpeg backend: workers only read file bytes; the training device decodes the batch
 (nvJPEG through torchvision's ``decode_jpeg`` on CUDA; libjpeg-turbo through simplejpeg on the
-CPU, about 20% faster than torchvision's CPU decode in the same process, same pixels within
-JPEG's rounding) and the multi-crop kernel cuts every view. Non-JPEG files (PNG, ...) and JPEGs the batched decoder rejects (CMYK on
-nvJPEG) take a CPU fallback decode.
+CPU, about 10% faster than torchvision's CPU decode in one process, the same pixels within one
+level) and the multi-crop kernel cuts every view. Non-JPEG files (PNG, ...) and JPEGs the
+batched decoder rejects (CMYK on nvJPEG) take a CPU fallback decode.
 
 When the training device is the CPU, its cores are the worker processes: each worker decodes
 and cuts its whole batch (the same functions, the same views), so geometry runs beside the

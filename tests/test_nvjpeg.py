@@ -13,7 +13,7 @@ from PIL import Image
 
 from loaders import build_loader
 from loaders.batch import ViewGroup
-from loaders.crop import crop_views_torch, multi_crop_torch
+from loaders.crop import multi_crop_torch
 from loaders.datasets import Split
 from loaders.nvjpeg import decode_batch
 
@@ -38,7 +38,7 @@ def natural_image(w, h, seed=0):
 def test_crop_close_to_pil_bicubic(box, size):
     arr = natural_image(300, 200)
     top, left, h, w, flip = box
-    ours = crop_views_torch(torch.from_numpy(arr).permute(2, 0, 1).contiguous(), [box], size)[0]
+    ours = multi_crop_torch([torch.from_numpy(arr).permute(2, 0, 1).contiguous()], [[box]], size)[0, 0]
     pil = Image.fromarray(arr).resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
     if flip:
         pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
