@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> Table:
     p.add_argument("--main-threads", type=int, default=0, help="0 = cores - workers, at least 1")
     p.add_argument("--csv", default="")
     args = p.parse_args(argv)
+    if args.main_threads < 0:
+        p.error(f"--main-threads {args.main_threads}: allowed: 0 (cores - workers) or a positive count")
     main_threads = args.main_threads or max(1, (os.cpu_count() or 1) - args.workers)
     split = discover(args.data).train
     groups = RECIPES[args.recipe]
