@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from loaders.batch import channels_last_views
+
 try:
     import triton
     import triton.language as tl
@@ -30,7 +32,8 @@ except ImportError:  # CPU-only installs may lack Triton; the torch path serves 
 
 
 def crop_into(out: torch.Tensor, image: torch.Tensor, box) -> None:
-    """Resamples one box (top, left, h, w, flip) of a (3, H, W) uint8 image into ``out`` (3, S, S)."""
+    """Resamples one box (top, left, h, w, flip) of a (3, H, W) uint8 image into ``out`` (3, S, S),
+    channels-last, the layout torch's uint8 resampler computes in."""
     top, left, h, w, flip = box
     size = out.shape[-2:]
     # the out= form of F.interpolate(mode="bicubic", antialias=True): no temporary view to copy
@@ -52,23 +55,28 @@ def thread_pool() -> ThreadPoolExecutor:
     return _POOL[1]
 
 
-def output_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An empty uint8 tensor; in a DataLoader worker it lives in shared memory from the start, so
-    handing it to the main process copies nothing (as torch's default_collate does)."""
+def output_buffer(n: int, batch: int, size: int, device: torch.device) -> torch.Tensor:
+    """Empty uint8 views (n, B, 3, S, S), channels-last; in a DataLoader worker they live in shared
+    memory from the start, so handing them to the main process copies nothing (as torch's
+    default_collate does)."""
+    shape = (n, batch, size, size, 3)
     if device.type == "cpu" and torch.utils.data.get_worker_info() is not None:
         storage = torch.UntypedStorage._new_shared(math.prod(shape))
-        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-    return torch.empty(shape, dtype=torch.uint8, device=device)
+        return channels_last_views(torch.empty(0, dtype=torch.uint8).set_(storage).view(shape))
+    return channels_last_views(torch.empty(shape, dtype=torch.uint8, device=device))
 
 
 def multi_crop_torch(images: list[torch.Tensor], boxes: list[list[tuple]], size: int) -> torch.Tensor:
     """(n, B, 3, S, S): ``boxes[b]`` lists the n boxes of image b. Every view is resampled straight
     into its place in the output."""
-    out = output_buffer((len(boxes[0]), len(images), 3, size, size), images[0].device)
+    out = output_buffer(len(boxes[0]), len(images), size, images[0].device)
 
     def cut(b: int) -> None:
+        # channels-last in and out, or torch's resampler refuses the out= form; decoders give
+        # channels-last already, the fallback decode channels-first
+        image = images[b].movedim(0, -1).contiguous().movedim(-1, 0)
         for v, box in enumerate(boxes[b]):
-            crop_into(out[v, b], images[b], box)
+            crop_into(out[v, b], image, box)
 
     if images[0].device.type == "cpu" and len(images) > 1:
         list(thread_pool().map(cut, range(len(images))))
@@ -148,7 +156,7 @@ if triton is not None:
                 acc += wy * row
             acc = acc / wsum_y
             result = tl.minimum(tl.maximum(acc + 0.5, 0.0), 255.0).to(tl.uint8)
-            tl.store(out + (view * 3 + c) * S * S + pix, result, mask=mask)
+            tl.store(out + (view * S * S + pix) * 3 + c, result, mask=mask)  # channels-last
 
 
 def _taps(scale_max: float) -> int:
@@ -174,11 +182,11 @@ def multi_crop_triton(images: list[torch.Tensor], boxes: list[list[tuple]], size
     meta = torch.tensor(rows, dtype=torch.int64).to(device)
     scale_y = max(r[5] for r in rows) / size
     scale_x = max(r[6] for r in rows) / size
-    out = torch.empty(n * batch, 3, size, size, dtype=torch.uint8, device=device)
+    out = output_buffer(n, batch, size, device)
     block = 128
     grid = (n * batch, triton.cdiv(size * size, block))
     _multi_crop_kernel[grid](packed, out, meta, S=size, TAPS_Y=_taps(scale_y), TAPS_X=_taps(scale_x), BLOCK=block)
-    return out.view(n, batch, 3, size, size)
+    return out
 
 
 def triton_usable(device: torch.device) -> bool:

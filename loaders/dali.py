@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from loaders.batch import Batch
+from loaders.batch import Batch, channels_last_views
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -81,9 +81,9 @@ class DaliLoader:
             data = out[0]
             views, start = [], 0
             for g in self.groups:
-                # DALI gives (B, S, S, 3) per view; stack to (n, B, 3, S, S)
-                group = torch.stack([data[f"v{start + v}"] for v in range(g.n)]).permute(0, 1, 4, 2, 3)
-                views.append(group.contiguous().to(self.device, non_blocking=True))
+                # DALI gives (B, S, S, 3) per view
+                group = channels_last_views(torch.stack([data[f"v{start + v}"] for v in range(g.n)]))
+                views.append(group.to(self.device, non_blocking=True))
                 start += g.n
             indices = data["index"].view(-1).long().cpu()
             yield Batch(views, self.labels[indices].to(self.device), indices.to(self.device))

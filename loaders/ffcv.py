@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loaders.batch import Batch
+from loaders.batch import Batch, channels_last_views
 from loaders.datasets import data_root
 from loaders.pil import open_rgb
 from loaders.validate import files_key
@@ -32,14 +32,14 @@ def _import_ffcv():
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.pipeline import PipelineSpec
-        from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+        from ffcv.transforms import RandomHorizontalFlip, ToTensor
         from ffcv.writer import DatasetWriter
     finally:
         torch.set_num_threads(threads)
     return dict(IntField=IntField, RGBImageField=RGBImageField, IntDecoder=IntDecoder,
                 RandomResizedCropRGBImageDecoder=RandomResizedCropRGBImageDecoder, Loader=Loader,
                 OrderOption=OrderOption, PipelineSpec=PipelineSpec, RandomHorizontalFlip=RandomHorizontalFlip,
-                ToTensor=ToTensor, ToTorchImage=ToTorchImage, DatasetWriter=DatasetWriter)
+                ToTensor=ToTensor, DatasetWriter=DatasetWriter)
 
 
 def available() -> bool:
@@ -92,7 +92,7 @@ class FfcvLoader:
                 decoder = ff["RandomResizedCropRGBImageDecoder"]((group.size, group.size), scale=group.scale,
                                                                  ratio=group.ratio)
                 pipelines[name] = ff["PipelineSpec"]("image", decoder=decoder, transforms=[
-                    ff["RandomHorizontalFlip"](), ff["ToTensor"](), ff["ToTorchImage"](channels_last=False)])
+                    ff["RandomHorizontalFlip"](), ff["ToTensor"]()])
                 names.append(name)
         pipelines["image"] = None  # only the named views are decoded
         pipelines["label"] = [ff["IntDecoder"](), ff["ToTensor"]()]
@@ -117,8 +117,8 @@ class FfcvLoader:
             named = dict(zip(self.loader.pipeline_specs.keys(), out))  # outputs follow the spec order
             grouped, start = [], 0
             for g in self.groups:
-                views = [named[n] for n in self.names[start:start + g.n]]
-                grouped.append(torch.stack(views).contiguous().to(self.device, non_blocking=True))
+                views = [named[n] for n in self.names[start:start + g.n]]  # (B, S, S, 3) each
+                grouped.append(channels_last_views(torch.stack(views)).to(self.device, non_blocking=True))
                 start += g.n
             yield Batch(grouped, named["label"].view(-1).long().to(self.device),
                         named["index"].view(-1).long().to(self.device))

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loaders.batch import Batch
+from loaders.batch import Batch, channels_last_views
 from loaders.geometry import view_params
 from loaders.sampler import EpochBatchSampler
 
@@ -46,8 +46,8 @@ def collate_groups(groups):
     def collate(samples) -> Batch:
         out, start = [], 0
         for g in groups:
-            per_view = [torch.stack([s[0][start + v] for s in samples]) for v in range(g.n)]
-            out.append(torch.stack(per_view))
+            per_view = [torch.stack([s[0][start + v].movedim(0, -1) for s in samples]) for v in range(g.n)]
+            out.append(channels_last_views(torch.stack(per_view)))
             start += g.n
         labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
         indices = torch.tensor([s[2] for s in samples], dtype=torch.long)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from loaders.batch import Batch
+from loaders.batch import Batch, channels_last_views
 from loaders.sampler import EpochBatchSampler
 
 
@@ -24,6 +24,7 @@ class SyntheticLoader:
         for b, chunk in enumerate(self.sampler, start=skip_batches):
             self.generator.manual_seed(hash((self.seed, epoch, b)) & 0x7FFF_FFFF_FFFF_FFFF)
             indices = torch.tensor([i for _, i in chunk], device=self.device)
-            views = [torch.randint(0, 256, (g.n, len(chunk), 3, g.size, g.size), dtype=torch.uint8,
-                                   device=self.device, generator=self.generator) for g in self.groups]
+            views = [channels_last_views(torch.randint(0, 256, (g.n, len(chunk), g.size, g.size, 3),
+                                                       dtype=torch.uint8, device=self.device,
+                                                       generator=self.generator)) for g in self.groups]
             yield Batch(views, self.labels[indices], indices)

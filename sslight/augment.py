@@ -171,7 +171,8 @@ class Photometric:
 
     def tensor_ops(self, views, matrix, offset, kernel, blur_on, solarize_on) -> torch.Tensor:
         n, _, h, w = views.shape
-        x = torch.baddbmm(offset.unsqueeze(-1), matrix, views.float().view(n, 3, h * w)).view(n, 3, h, w)
+        pixels = views.movedim(1, -1).reshape(n, h * w, 3).float()  # no copy of channels-last views
+        x = torch.baddbmm(offset.unsqueeze(1), pixels, matrix.transpose(1, 2)).view(n, h, w, 3).movedim(-1, 1)
         x = self.blur(x.clamp_(0, 1), kernel, blur_on)
         x = torch.where(solarize_on.view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1 - x, x)
         # normalise and change layout in one pass

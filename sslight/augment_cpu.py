@@ -24,22 +24,23 @@ from numba import njit, prange
 
 @njit(parallel=True, cache=True)
 def _channel_means(views):
-    n, ch, h, w = views.shape
+    n, h, w, ch = views.shape
     means = np.empty((n, ch), np.float64)
     for i in prange(n):
         for c in range(ch):
             total = 0
             for a in range(h):
                 for b in range(w):
-                    total += views[i, c, a, b]
+                    total += views[i, a, b, c]
             means[i, c] = total / (h * w)
     return means
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _photometric(views, matrix, offset, kernel, blur_on, solarize_on, threshold, scale, shift, out):
-    n, _, h, w = views.shape
+    n, h, w, _ = views.shape
     reach = (kernel.shape[1] - 1) // 2
+    zero, one = np.float32(0), np.float32(1)
     for i in prange(n):
         r = 0
         if blur_on[i]:  # the taps of kernel i that are not zero: its own radius, not the widest one
@@ -49,49 +50,61 @@ def _photometric(views, matrix, offset, kernel, blur_on, solarize_on, threshold,
                     break
         taps = 2 * r + 1
         k = kernel[i, reach - r:reach + r + 1]
-        padded = np.empty((h + 2 * r, w + 2 * r), np.float32)  # one colour plane, reflect-padded by r
-        rows = np.empty((h + 2 * r, w), np.float32)  # after the horizontal pass
+        m, o = matrix[i], offset[i]
+        # the three colour planes, reflect-padded by r; blurred in place, row by row
+        planes = np.empty((3, h + 2 * r, w + 2 * r), np.float32)
         line = np.empty(w, np.float32)
-        solarize = solarize_on[i]
-        for c in range(3):
-            m0, m1, m2, oc = matrix[i, c, 0], matrix[i, c, 1], matrix[i, c, 2], offset[i, c]
-            sc, sh = scale[c], shift[c]
-            for a in range(h):
-                row = padded[a + r]
-                for b in range(w):
-                    v = m0 * views[i, 0, a, b] + m1 * views[i, 1, a, b] + m2 * views[i, 2, a, b] + oc
-                    row[b + r] = min(max(v, np.float32(0)), np.float32(1))
+        lines = np.empty((3, w), np.float32)
+        # each pixel is read once (its three channels lie side by side) and gives all three planes
+        for a in range(h):
+            p0, p1, p2 = planes[0, a + r], planes[1, a + r], planes[2, a + r]
+            for b in range(w):
+                x0, x1, x2 = np.float32(views[i, a, b, 0]), np.float32(views[i, a, b, 1]), np.float32(views[i, a, b, 2])
+                p0[b + r] = min(max(m[0, 0] * x0 + m[0, 1] * x1 + m[0, 2] * x2 + o[0], zero), one)
+                p1[b + r] = min(max(m[1, 0] * x0 + m[1, 1] * x1 + m[1, 2] * x2 + o[1], zero), one)
+                p2[b + r] = min(max(m[2, 0] * x0 + m[2, 1] * x1 + m[2, 2] * x2 + o[2], zero), one)
+        if r:
+            for c in range(3):
+                plane = planes[c]
+                for a in range(r, h + r):
+                    row = plane[a]
+                    for t in range(1, r + 1):
+                        row[r - t] = row[r + t]
+                        row[r + w - 1 + t] = row[r + w - 1 - t]
                 for t in range(1, r + 1):
-                    row[r - t] = row[r + t]
-                    row[r + w - 1 + t] = row[r + w - 1 - t]
-            for t in range(1, r + 1):
-                padded[r - t] = padded[r + t]
-                padded[r + h - 1 + t] = padded[r + h - 1 - t]
-            if r:
-                for a in range(h + 2 * r):
-                    src, dst = padded[a], rows[a]
+                    plane[r - t] = plane[r + t]
+                    plane[r + h - 1 + t] = plane[r + h - 1 - t]
+                for a in range(h + 2 * r):  # horizontal pass; its result replaces the row's first w
+                    row = plane[a]
                     for b in range(w):
-                        dst[b] = k[0] * src[b]
+                        line[b] = k[0] * row[b]
                     for t in range(1, taps):
                         kt = k[t]
                         for b in range(w):
-                            dst[b] += kt * src[b + t]
-            for a in range(h):
-                if r:
+                            line[b] += kt * row[b + t]
+                    row[:w] = line
+        solarize = solarize_on[i]
+        for a in range(h):
+            for c in range(3):
+                dst = lines[c]
+                if r:  # vertical pass
                     for b in range(w):
-                        line[b] = k[0] * rows[a, b]
+                        dst[b] = k[0] * planes[c, a, b]
                     for t in range(1, taps):
                         kt = k[t]
+                        src = planes[c, a + t]
                         for b in range(w):
-                            line[b] += kt * rows[a + t, b]
+                            dst[b] += kt * src[b]
                 else:
-                    line[:] = padded[a]
+                    dst[:] = planes[c, a]
                 if solarize:
                     for b in range(w):
-                        if line[b] >= threshold:
-                            line[b] = 1 - line[b]
-                for b in range(w):
-                    out[i, a, b, c] = line[b] * sc + sh
+                        if dst[b] >= threshold:
+                            dst[b] = 1 - dst[b]
+            for b in range(w):
+                out[i, a, b, 0] = lines[0, b] * scale[0] + shift[0]
+                out[i, a, b, 1] = lines[1, b] * scale[1] + shift[1]
+                out[i, a, b, 2] = lines[2, b] * scale[2] + shift[2]
 
 
 def _use_torch_threads() -> None:
@@ -103,10 +116,15 @@ def _array(t: torch.Tensor, dtype) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy(), dtype=dtype)
 
 
+def _pixels(views: torch.Tensor) -> np.ndarray:
+    """(n, H, W, 3) uint8 pixels of views (n, 3, H, W); no copy for channels-last views (the loaders')."""
+    return views.movedim(1, -1).contiguous().numpy()
+
+
 def channel_means(views: torch.Tensor) -> torch.Tensor:
     """(n, 3) float32 means in 0..255 of uint8 views (n, 3, H, W), without a float copy of the views."""
     _use_torch_threads()
-    return torch.from_numpy(_channel_means(views.contiguous().numpy())).float()
+    return torch.from_numpy(_channel_means(_pixels(views))).float()
 
 
 _OUTPUTS: dict[tuple[int, ...], torch.Tensor] = {}
@@ -135,7 +153,7 @@ def photometric(views: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor,
     n, _, h, w = views.shape
     out = _output((n, h, w, 3))
     _use_torch_threads()
-    _photometric(views.contiguous().numpy(), _array(matrix, np.float32), _array(offset, np.float32),
+    _photometric(_pixels(views), _array(matrix, np.float32), _array(offset, np.float32),
                  _array(kernel, np.float32), _array(blur_on, np.bool_), _array(solarize_on, np.bool_),
                  np.float32(threshold), _array(scale.flatten(), np.float32), _array(shift.flatten(), np.float32),
                  out)

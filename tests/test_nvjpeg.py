@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from loaders import build_loader
-from loaders.batch import ViewGroup
+from loaders.batch import ViewGroup, is_channels_last_views
 from loaders.crop import multi_crop_torch
 from loaders.datasets import Split
 from loaders.nvjpeg import decode_batch
@@ -134,7 +134,7 @@ def test_multi_crop_layout_view_major():
     images = [torch.full((3, 20, 20), i, dtype=torch.uint8) for i in range(3)]
     boxes = [[(0, 0, 20, 20, False), (5, 5, 10, 10, True)] for _ in images]
     out = multi_crop_torch(images, boxes, 8)
-    assert out.shape == (2, 3, 3, 8, 8)
+    assert out.shape == (2, 3, 3, 8, 8) and is_channels_last_views(out)
     for b in range(3):
         assert (out[:, b] == b).all()
 
