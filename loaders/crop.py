@@ -46,30 +46,43 @@ def crop_into(out: torch.Tensor, image: torch.Tensor, box) -> None:
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
-def thread_pool() -> ThreadPoolExecutor:
-    """The process's pool; a forked worker makes its own (the parent's threads do not survive a fork)."""
+def map_threads(fn, items) -> list:
+    """``fn`` over ``items`` on the process's thread pool (torch releases the GIL in its kernels),
+    in line where torch has one thread, as in a DataLoader worker. A forked worker makes its own
+    pool: the parent's threads do not survive a fork."""
     global _POOL
+    if len(items) < 2 or torch.get_num_threads() < 2:
+        return [fn(item) for item in items]
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = os.getpid(), ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()),
-                                                thread_name_prefix="sslight-crop")
-    return _POOL[1]
+        _POOL = os.getpid(), ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="sslight-crop")
+    return list(_POOL[1].map(fn, items))
 
 
 def output_buffer(n: int, batch: int, size: int, device: torch.device) -> torch.Tensor:
-    """Empty uint8 views (n, B, 3, S, S), channels-last; in a DataLoader worker they live in shared
-    memory from the start, so handing them to the main process copies nothing (as torch's
-    default_collate does)."""
-    shape = (n, batch, size, size, 3)
-    if device.type == "cpu" and torch.utils.data.get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(math.prod(shape))
-        return channels_last_views(torch.empty(0, dtype=torch.uint8).set_(storage).view(shape))
-    return channels_last_views(torch.empty(shape, dtype=torch.uint8, device=device))
+    """Empty uint8 views (n, B, 3, S, S), channels-last."""
+    return channels_last_views(torch.empty((n, batch, size, size, 3), dtype=torch.uint8, device=device))
 
 
-def multi_crop_torch(images: list[torch.Tensor], boxes: list[list[tuple]], size: int) -> torch.Tensor:
+def batch_bytes(groups, batch: int) -> int:
+    return sum(g.n * batch * g.size * g.size * 3 for g in groups)
+
+
+def views_in(storage: torch.UntypedStorage, groups, batch: int) -> list[torch.Tensor]:
+    """Every group's views (n, B, 3, S, S), channels-last, one after another in ``storage``."""
+    out, start = [], 0
+    for g in groups:
+        shape = (g.n, batch, g.size, g.size, 3)
+        out.append(channels_last_views(torch.empty(0, dtype=torch.uint8).set_(storage, start, shape)))
+        start += g.n * batch * g.size * g.size * 3
+    return out
+
+
+def multi_crop_torch(images: list[torch.Tensor], boxes: list[list[tuple]], size: int,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """(n, B, 3, S, S): ``boxes[b]`` lists the n boxes of image b. Every view is resampled straight
-    into its place in the output."""
-    out = output_buffer(len(boxes[0]), len(images), size, images[0].device)
+    into its place in ``out`` (allocated when not given)."""
+    if out is None:
+        out = output_buffer(len(boxes[0]), len(images), size, images[0].device)
 
     def cut(b: int) -> None:
         # channels-last in and out, or torch's resampler refuses the out= form; decoders give
@@ -78,8 +91,8 @@ def multi_crop_torch(images: list[torch.Tensor], boxes: list[list[tuple]], size:
         for v, box in enumerate(boxes[b]):
             crop_into(out[v, b], image, box)
 
-    if images[0].device.type == "cpu" and len(images) > 1:
-        list(thread_pool().map(cut, range(len(images))))
+    if images[0].device.type == "cpu":
+        map_threads(cut, range(len(images)))
     else:
         for b in range(len(images)):
             cut(b)
@@ -195,8 +208,10 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def multi_crop(images: list[torch.Tensor], boxes: list[list[tuple]], size: int) -> torch.Tensor:
-    """All views of one resolution group: uint8 (n, B, 3, S, S) on the images' device."""
+def multi_crop(images: list[torch.Tensor], boxes: list[list[tuple]], size: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """All views of one resolution group: uint8 (n, B, 3, S, S) on the images' device, channels-last,
+    written into ``out`` when given (the CPU path)."""
     if images[0].device.type == "cuda" and triton_usable(images[0].device):
         return multi_crop_triton(images, boxes, size)
-    return multi_crop_torch(images, boxes, size)
+    return multi_crop_torch(images, boxes, size, out)

@@ -7,6 +7,7 @@ and batch composition, so a resumed run sees exactly the views of an uninterrupt
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 import numpy as np
 
@@ -15,19 +16,23 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def crop_box(rng: np.random.Generator, width: int, height: int, scale, ratio) -> tuple[int, int, int, int]:
-    """(top, left, h, w) with torchvision's RandomResizedCrop rule: 10 tries, then a centre crop."""
+TRIES = 10
+BOX_DRAWS = 2 * TRIES + 2  # (area, log-ratio) per try, then top and left
+VIEW_DRAWS = BOX_DRAWS + 1  # and the flip
+
+
+def crop_box(u, width: int, height: int, scale, ratio) -> tuple[int, int, int, int]:
+    """(top, left, h, w) with torchvision's RandomResizedCrop rule, from ``BOX_DRAWS`` uniforms in
+    [0, 1): 10 tries, then a centre crop."""
     area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for t in range(TRIES):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u[2 * t])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[2 * t + 1])
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
+            return int(u[2 * TRIES] * (height - h + 1)), int(u[2 * TRIES + 1] * (width - w + 1)), h, w
     in_ratio = width / height
     if in_ratio < ratio[0]:
         w, h = width, int(round(width / ratio[0]))
@@ -39,13 +44,8 @@ def crop_box(rng: np.random.Generator, width: int, height: int, scale, ratio) ->
 
 
 def view_params(seed: int, epoch: int, index: int, width: int, height: int, groups):
-    """For each group, a list of (top, left, h, w, flip) per view, in view order."""
-    rng = sample_rng(seed, epoch, index)
-    out = []
-    for g in groups:
-        boxes = []
-        for _ in range(g.n):
-            box = crop_box(rng, width, height, g.scale, g.ratio)
-            boxes.append((*box, bool(rng.random() < 0.5)))
-        out.append(boxes)
-    return out
+    """For each group, a list of (top, left, h, w, flip) per view, in view order. All of a sample's
+    draws come in one call: the generator's per-call overhead, not its arithmetic, was the cost."""
+    draws = iter(sample_rng(seed, epoch, index).random((sum(g.n for g in groups), VIEW_DRAWS)).tolist())
+    return [[(*crop_box(u, width, height, g.scale, g.ratio), u[BOX_DRAWS] < 0.5) for u in islice(draws, g.n)]
+            for g in groups]

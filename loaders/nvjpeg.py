@@ -15,10 +15,11 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from loaders.batch import Batch
-from loaders.crop import multi_crop, thread_pool
+from loaders.crop import batch_bytes, map_threads, multi_crop, views_in
 from loaders.geometry import view_params
 from loaders.pil import open_rgb, to_uint8_chw
 from loaders.sampler import EpochBatchSampler
+from loaders.shared_buffers import SharedBatchBuffers
 
 JPEG_MAGIC = b"\xff\xd8"
 
@@ -45,22 +46,28 @@ def collate_bytes(samples):
 
 class DecodeAndCut:
     """Decodes a packed batch on ``device`` and cuts every view, one (n, B, 3, S, S) tensor per
-    group, keyed on (seed, epoch, index). On the CPU it is the workers' collate function."""
+    group, keyed on (seed, epoch, index). On the CPU it is the workers' collate function, and
+    writes each batch into one of ``buffers``."""
 
-    def __init__(self, split, groups, seed, device):
-        self.split, self.groups, self.seed, self.device = split, groups, seed, device
+    def __init__(self, split, groups, seed, device, buffers: SharedBatchBuffers | None = None):
+        self.split, self.groups, self.seed, self.device, self.buffers = split, groups, seed, device, buffers
 
-    def views(self, packed, lengths, indices: torch.Tensor, epoch: int) -> list[torch.Tensor]:
+    def views(self, packed, lengths, indices: torch.Tensor, epoch: int,
+              storage: torch.UntypedStorage | None = None) -> list[torch.Tensor]:
+        """The views, written into ``storage`` (CPU) when given."""
         index_list = indices.tolist()
         images = decode_batch(list(torch.split(packed, lengths.tolist())),
                               [self.split.files[i] for i in index_list], self.device)
         params = [view_params(self.seed, epoch, i, im.shape[2], im.shape[1], self.groups)
                   for im, i in zip(images, index_list)]
-        return [multi_crop(images, [p[g] for p in params], group.size) for g, group in enumerate(self.groups)]
+        outs = views_in(storage, self.groups, len(images)) if storage is not None else [None] * len(self.groups)
+        return [multi_crop(images, [p[g] for p in params], group.size, out)
+                for g, (group, out) in enumerate(zip(self.groups, outs))]
 
     def __call__(self, samples):
         packed, lengths, labels, indices, epoch = collate_bytes(samples)
-        return self.views(packed, lengths, indices, epoch), labels, indices
+        slot, storage = self.buffers.take(batch_bytes(self.groups, len(samples))) if self.buffers else (-1, None)
+        return self.views(packed, lengths, indices, epoch, storage), labels, indices, slot
 
 
 def rgb(image: torch.Tensor) -> torch.Tensor:
@@ -104,8 +111,7 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
         except ValueError:
             return None
 
-    cpu = list(thread_pool().map(decode_one, pending)) if len(pending) > 1 else [decode_one(i) for i in pending]
-    for i, im in zip(pending, cpu):
+    for i, im in zip(pending, map_threads(decode_one, pending)):
         images[i] = (im if im is not None else decode_fallback(data[i], paths[i])).to(device, non_blocking=True)
     return images
 
@@ -115,11 +121,14 @@ class NvjpegLoader:
         self.device = device
         self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
         on_cpu = device.type == "cpu"
-        self.decode_and_cut = DecodeAndCut(split, groups, seed, device)
+        prefetch = 2 if on_cpu else 4
+        # a worker's buffers: its prefetched batches, the one it cuts, and two the consumer holds
+        self.buffers = SharedBatchBuffers(workers, per_worker=prefetch + 3) if on_cpu else None
+        self.decode_and_cut = DecodeAndCut(split, groups, seed, device, self.buffers)
         self.loader = torch.utils.data.DataLoader(
             FileBytes(split), batch_sampler=self.sampler, num_workers=workers,
             collate_fn=self.decode_and_cut if on_cpu else collate_bytes,
-            persistent_workers=workers > 0, prefetch_factor=(2 if on_cpu else 4) if workers else None,
+            persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,
         )
 
     def batches_per_epoch(self) -> int:
@@ -128,7 +137,8 @@ class NvjpegLoader:
     def epoch(self, epoch: int, skip_batches: int = 0):
         self.sampler.set_epoch(epoch, skip_batches)
         if self.device.type == "cpu":
-            for views, labels, indices in self.loader:
+            for views, labels, indices, slot in self.loader:
+                self.buffers.received(slot, views[0])
                 yield Batch(views, labels, indices)
             return
         for packed, lengths, labels, indices, ep in self.loader:

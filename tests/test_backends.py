@@ -12,7 +12,7 @@ from PIL import Image
 from loaders import build_loader
 from loaders.batch import ViewGroup, is_channels_last_views
 from loaders.datasets import Split
-from loaders.geometry import crop_box
+from loaders.geometry import BOX_DRAWS, crop_box
 
 SIDE = 256
 GROUPS = [ViewGroup(2, 48, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(4, 24, (0.05, 0.3), (3 / 4, 4 / 3))]
@@ -75,7 +75,7 @@ def collect(backend, split, epochs=2):
 
 def reference_areas(group, n=20000):
     rng = np.random.default_rng(1)
-    return np.array([(lambda b: b[2] * b[3])(crop_box(rng, SIDE, SIDE, group.scale, group.ratio))
+    return np.array([(lambda b: b[2] * b[3])(crop_box(rng.random(BOX_DRAWS), SIDE, SIDE, group.scale, group.ratio))
                      for _ in range(n)]) / SIDE ** 2
 
 

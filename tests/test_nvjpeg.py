@@ -150,3 +150,23 @@ def test_cpu_workers_cut_the_same_views(mixed_files):
     for a, b in zip(in_process, in_workers):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
         assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+
+
+def test_cpu_worker_buffers_reused_only_after_release(mixed_files):
+    """Workers write each batch into a shared buffer they reuse once the main process lets go of it:
+    views held by the consumer never change, and dropped buffers come back (the main process keeps
+    its mapping, so a returning buffer has the same address)."""
+    split = Split(mixed_files * 8, [0, 1, 2, 3] * 8)
+    device = torch.device("cpu")
+    reference = [b.views for e in range(3) for b in build_loader("nvjpeg", split, GROUPS, 2, 0, device, 0).epoch(e)]
+    loader = build_loader("nvjpeg", split, GROUPS, 2, 0, device, 2)
+    held, addresses = [], []
+    for epoch in range(3):
+        for b, batch in enumerate(loader.epoch(epoch)):
+            if (epoch, b) in ((0, 0), (1, 7)):  # kept to the end; the other batches are dropped at once
+                held.append((len(addresses), batch.views))
+            addresses.append(batch.views[0].untyped_storage().data_ptr())
+            del batch
+    for i, views in held:
+        assert all(torch.equal(x, y) for x, y in zip(views, reference[i]))
+    assert len(addresses) == 48 and len(set(addresses)) <= 2 * 5 + len(held)

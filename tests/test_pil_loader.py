@@ -10,7 +10,7 @@ from PIL import Image
 from loaders import build_loader
 from loaders.batch import ViewGroup
 from loaders.datasets import Split, discover
-from loaders.geometry import crop_box, view_params
+from loaders.geometry import BOX_DRAWS, crop_box, view_params
 from loaders.sampler import EpochBatchSampler
 
 GROUPS = [ViewGroup(2, 32, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 18, (0.05, 0.3), (3 / 4, 4 / 3))]
@@ -30,7 +30,7 @@ def coordinate_image(path, w, h):
 def test_crop_boxes_respect_scale_and_ratio(scale):
     rng = np.random.default_rng(0)
     for _ in range(2000):
-        top, left, h, w = crop_box(rng, 500, 375, scale, (3 / 4, 4 / 3))
+        top, left, h, w = crop_box(rng.random(BOX_DRAWS), 500, 375, scale, (3 / 4, 4 / 3))
         assert 0 <= top and top + h <= 375 and 0 <= left and left + w <= 500
         # rounding to whole pixels moves area and ratio by at most a pixel's worth
         assert scale[0] * 0.97 <= h * w / (500 * 375) <= scale[1] * 1.03
