@@ -146,14 +146,16 @@ def test_same_seed_same_views():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("method, size, n_views", [("dino", 224, 2), ("dino", 18, 6), ("swav", 96, 3), ("dino", 4, 2)])
-def test_cpu_kernel_equals_tensor_ops(method, size, n_views):
+def test_cpu_kernel_equals_tensor_ops(method, size, n_views, layout):
     """The fused CPU kernel computes what the accelerator's tensor ops compute, view by view
-    (4 px views clamp the blur radius to 3)."""
+    (4 px views clamp the blur radius to 3), from the loaders' channels-last views or others."""
     settings = method_photometry(method, 2, 6)
     aug = Photometric(settings, 224, torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(6)
     views = torch.randint(0, 256, (n_views, 16, 3, size, size), dtype=torch.uint8, generator=g).flatten(0, 1)
+    views = views.contiguous(memory_format=layout)
     table = aug.table[:n_views].repeat_interleave(16, 0)
     params = aug.parameters(views, table, torch.rand(len(views), 9, generator=g))
     fused = aug.fused_cpu(views, *params)
