@@ -7,11 +7,12 @@ factor), the filter of PIL's ``Image.resize(..., BICUBIC)`` and of torch's
 Two implementations behind :func:`multi_crop`:
 - torch (CPU, and CUDA without Triton): one ``interpolate`` per view on the box's slice, written
   into the view's slot of the output; on uint8 CPU tensors it runs torch's vectorised
-  fixed-point resampler; images are split over a thread pool, as torch releases the GIL in its
+  fixed-point resampler, which computes channels-last (writing channels-first output cost it
+  about 30% more time); images are split over a thread pool, as torch releases the GIL in its
   kernels; flipped views are mirrored in place afterwards;
 - Triton (CUDA): one launch per resolution group computes all B * n views from a packed
-  buffer of the decoded images, flips folded into the sampling position; tested against the torch path on the CPU with
-  ``TRITON_INTERPRET=1``.
+  buffer of the decoded images, flips folded into the sampling position; tested against the
+  torch path on the CPU with ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def map_threads(fn, items) -> list:
     if len(items) < 2 or torch.get_num_threads() < 2:
         return [fn(item) for item in items]
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = os.getpid(), ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="sslight-crop")
+        _POOL = os.getpid(), ThreadPoolExecutor(torch.get_num_threads(), thread_name_prefix="sslight-crop")
     return list(_POOL[1].map(fn, items))
 
 

@@ -7,9 +7,10 @@ in cache while it goes from uint8 to the normalised channels-last output, with v
 over threads. It reads and writes channels-last (interleaved RGB) rows and runs every pass
 along whole rows, so each inner loop is contiguous and vectorises: per SSLight CNN image
 (8 views) 0.85 ms against 1.27 ms for the same arithmetic on separate colour planes, which needs
-strided loads and stores (measured side by side in one process, one thread). It computes what the tensor ops compute from the same per-sample
-parameters (tests compare the two), and the parameters themselves still come from
-``Photometric`` in torch, so the random draws are the same on every device.
+strided loads and stores (measured side by side in one process, one thread). It computes what
+the tensor ops compute from the same per-sample parameters (tests compare the two), and the
+parameters themselves still come from ``Photometric`` in torch, so the random draws are the
+same on every device.
 
 Numba (a runtime dependency) compiles it on first use and caches the machine code beside
 this file, so later processes load it in well under a second.
