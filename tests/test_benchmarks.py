@@ -18,3 +18,14 @@ def test_benchmark_suite_smoke(cifar_env, tmp_path):
     loaders = {r["loader"]: r for r in csv.DictReader(open(out / "train_loaders.csv"))}
     assert set(loaders) == {"synthetic", "pil"} and 0 < float(loaders["pil"]["efficiency"])
     assert "| pipeline | output | images/s |" in summary
+
+
+def test_loader_cpu_accounts_for_the_workers(cifar_small):
+    """Per-process CPU time of a worker-based loader: both workers are found (CPU time comes in
+    10 ms ticks, too coarse to ask more of a few CIFAR batches)."""
+    from benchmarks import loader_cpu
+
+    result = loader_cpu.main(["--data", str(cifar_small), "--recipe", "sslight_cifar", "--batch", "8",
+                              "--batches", "4", "--views-ready"])
+    assert result["images/s"] > 0 and result["main ms/image"] > 0
+    assert len(result["workers ms/image"]) == 2 and all(ms >= 0 for ms in result["workers ms/image"])
