@@ -95,11 +95,15 @@ def test_contract_shapes_dtype_layout(backend, coordinate_split):
 
 @pytest.mark.parametrize("backend", GEOMETRY_BACKENDS)
 def test_crop_areas_and_flips_agree_with_reference(backend, coordinate_split):
-    """Mean crop area within 0.03 of the reference sampler's, every area inside the scale range
-    (with 10% slack for reading boxes back through a resampler); flips near one half."""
+    """Mean crop area within 4 standard errors of the reference sampler's (0.06 for the 128 global
+    views here: a backend sampling another scale range is off by far more), every area inside the
+    scale range (with 10% slack for reading boxes back through a resampler); flips within 4
+    standard errors of one half. DALI and FFCV draw their own randomness, so their sample
+    changes from run to run: a tolerance of 0.03 (1.7 standard errors) failed FFCV once."""
     _, areas, flips = collect(backend, coordinate_split)
     for g, group in enumerate(GROUPS):
         ref = reference_areas(group)
-        assert abs(areas[g].mean() - ref.mean()) < 0.03, (g, areas[g].mean(), ref.mean())
+        tolerance = 4 * ref.std() / np.sqrt(len(areas[g]))
+        assert abs(areas[g].mean() - ref.mean()) < tolerance, (g, areas[g].mean(), ref.mean(), tolerance)
         assert areas[g].min() >= group.scale[0] * 0.9 - 0.005 and areas[g].max() <= group.scale[1] * 1.1
-    assert abs(flips.mean() - 0.5) < 0.08
+    assert abs(flips.mean() - 0.5) < 4 * 0.5 / np.sqrt(len(flips))
