@@ -14,10 +14,9 @@ import time
 
 import torch
 
-from benchmarks.loaders import RECIPES, cycle_epochs
+from benchmarks.loaders import RECIPES, cycle_epochs, default_main_threads, views_ready, warmup_batches
 from loaders import build_loader
 from loaders.datasets import discover
-from sslight.augment import Photometric, method_photometry
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,14 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     groups = RECIPES[args.recipe]
     device = torch.device("cpu")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))  # as benchmarks.loaders does
-    photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
-                              torch.float32)
-    generator = torch.Generator().manual_seed(0)
+    torch.set_num_threads(default_main_threads(args.workers))
+    augment = views_ready(groups, device)
     stream = cycle_epochs(build_loader(args.backend, discover(args.data).train, groups, args.batch, 0, device,
                                        args.workers))
     others = set(children())  # processes that are not this loader's workers
-    for _ in range(2 + 4 * args.workers):  # as benchmarks.loaders: drain the prefetched batches
+    for _ in range(warmup_batches(args.workers)):
         next(stream)
     workers = [p for p in children() if p not in others]
     start_workers = [cpu_seconds(w) for w in workers]
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.batches):
         batch = next(stream)
         if args.views_ready:
-            [photometric(v, f, generator) for v, f in zip(batch.views, [0, groups[0].n])]
+            augment(batch)
     images = args.batches * args.batch
     result = {"images/s": images / (time.perf_counter() - start),
               "main ms/image": 1e3 * (time.process_time() - start_main) / images,

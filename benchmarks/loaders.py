@@ -108,6 +108,28 @@ class _Original(torch.utils.data.Dataset):
         return [t(image) for t in self.views]
 
 
+def default_main_threads(workers: int) -> int:
+    """The cores the workers leave, at least one (see the module docstring)."""
+    return max(1, (os.cpu_count() or 1) - workers)
+
+
+def warmup_batches(workers: int) -> int:
+    return 2 + 4 * workers  # drains the deepest prefetch queue here (4 batches per worker)
+
+
+def views_ready(groups, device: torch.device):
+    """The "views ready" step: ``sslight.augment`` (DINO settings) on every group of a batch."""
+    photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
+                              torch.float32)
+    generator = torch.Generator(device=device).manual_seed(0)
+    first = [0, groups[0].n]
+
+    def augment(batch):
+        return [photometric(v, f, generator) for v, f in zip(batch.views, first)]
+
+    return augment
+
+
 def rate(stream, batches: int, batch_size: int, warmup: int, transform=None) -> float:
     """Images/s over ``batches`` batches of ``stream`` after ``warmup`` batches (enough to drain what
     the loader prefetched while it waited, which would otherwise come for free)."""
@@ -150,24 +172,18 @@ def main(argv: list[str] | None = None) -> Table:
     args = p.parse_args(argv)
     if args.main_threads < 0:
         p.error(f"--main-threads {args.main_threads}: allowed: 0 (cores - workers) or a positive count")
-    main_threads = args.main_threads or max(1, (os.cpu_count() or 1) - args.workers)
+    main_threads = args.main_threads or default_main_threads(args.workers)
     split = discover(args.data).train
     groups = RECIPES[args.recipe]
     device = torch.device(args.device)
     n_views = sum(g.n for g in groups)
-    warmup = 2 + 4 * args.workers  # drains the deepest prefetch queue here (4 batches per worker)
+    warmup = warmup_batches(args.workers)
 
     def dl(ds, collate=None):
         return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                            drop_last=True, persistent_workers=True, collate_fn=collate)
 
-    photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
-                              torch.float32)
-    generator = torch.Generator(device=device).manual_seed(0)
-    first = [0, groups[0].n]
-
-    def augment(batch):
-        return [photometric(v, f, generator) for v, f in zip(batch.views, first)]
+    augment = views_ready(groups, device)
 
     # (stream factory, [(pipeline, output, transform)]): a backend's two rows share one stream
     pipelines = [(lambda: cycle(dl(_DecodeOnly(split.files))), [("decode only (torchvision decode_jpeg)",

@@ -64,17 +64,21 @@ def output_buffer(n: int, batch: int, size: int, device: torch.device) -> torch.
     return channels_last_views(torch.empty((n, batch, size, size, 3), dtype=torch.uint8, device=device))
 
 
+def _pixels_shape(group, batch: int) -> tuple[int, ...]:
+    return group.n, batch, group.size, group.size, 3
+
+
 def batch_bytes(groups, batch: int) -> int:
-    return sum(g.n * batch * g.size * g.size * 3 for g in groups)
+    return sum(math.prod(_pixels_shape(g, batch)) for g in groups)
 
 
 def views_in(storage: torch.UntypedStorage, groups, batch: int) -> list[torch.Tensor]:
     """Every group's views (n, B, 3, S, S), channels-last, one after another in ``storage``."""
     out, start = [], 0
     for g in groups:
-        shape = (g.n, batch, g.size, g.size, 3)
+        shape = _pixels_shape(g, batch)
         out.append(channels_last_views(torch.empty(0, dtype=torch.uint8).set_(storage, start, shape)))
-        start += g.n * batch * g.size * g.size * 3
+        start += math.prod(shape)
     return out
 
 

@@ -47,7 +47,7 @@ def collate_bytes(samples):
 class DecodeAndCut:
     """Decodes a packed batch on ``device`` and cuts every view, one (n, B, 3, S, S) tensor per
     group, keyed on (seed, epoch, index). On the CPU it is the workers' collate function, and
-    writes each batch into one of ``buffers``."""
+    writes each batch into one of ``buffers`` (which only the CPU path needs)."""
 
     def __init__(self, split, groups, seed, device, buffers: SharedBatchBuffers | None = None):
         self.split, self.groups, self.seed, self.device, self.buffers = split, groups, seed, device, buffers
@@ -66,7 +66,7 @@ class DecodeAndCut:
 
     def __call__(self, samples):
         packed, lengths, labels, indices, epoch = collate_bytes(samples)
-        slot, storage = self.buffers.take(batch_bytes(self.groups, len(samples))) if self.buffers else (-1, None)
+        slot, storage = self.buffers.take(batch_bytes(self.groups, len(samples)))
         return self.views(packed, lengths, indices, epoch, storage), labels, indices, slot
 
 
