@@ -10,22 +10,19 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from sslight.cli import main as cli_main
-from sslight.metrics import read
-from sslight.recipes import build_config
-from sslight.sweep import SHORT  # the sweeps' short CIFAR-10 schedule, explained there
-from sslight.train import build_method, evaluate, prepare, seed_everything
+from sslight.eval.knn import knn_evaluation
+from sslight.recipes import SHORT  # the short CIFAR-10 schedule, explained there
+from sslight.train.log import read
+from sslight.train.loop import build_method, prepare, seed_everything
 
 
 def knn_at_init(overrides: list[str]) -> float:
-    cfg, keys = build_config(overrides)
-    run = prepare(cfg, keys)
-    seed_everything(cfg.train.seed)
-    method = build_method(cfg, run.device)
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-    return evaluate(run, method, None, dtype)["knn_top1"]
+    """kNN top-1 of the run's backbone as training would initialise it (same seed)."""
+    run = prepare(overrides)
+    seed_everything(run.cfg.train.seed)
+    method = build_method(run.cfg, run.device, run.method_inputs)
+    return knn_evaluation(method.backbone, run.dataset, run.cfg, run.device)[0]
 
 
 def main() -> None:

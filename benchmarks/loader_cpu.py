@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from benchmarks.loaders import RECIPES, cycle_epochs, default_main_threads, views_ready, warmup_batches
+from benchmarks.loader_speed import RECIPES, cycle_epochs, default_main_threads, views_ready, warmup_batches
 from loaders import build_loader
 from loaders.datasets import discover
 

@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from benchmarks.learning import knn_at_init
-from sslight.sweep import SHORT
 from sslight import checkpoint
 from sslight.cli import main as cli_main
-from sslight.metrics import read
+from sslight.recipes import SHORT
+from sslight.train.log import read
 
 # Sized for a shared 2-core CPU: 500 images, batch 32, the two globals only (the local crops
 # would double each step's cost; the multi-crop loss itself is covered by tests/test_rob.py);

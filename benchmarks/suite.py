@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import augment, loaders, train
-from benchmarks.report import Table
+from benchmarks import augment_speed, loader_speed, train_speed
 from loaders.datasets import data_root, prepare_cifar10
+from sslight.table import Table
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,13 @@ class Profile:
 
 PROFILES = {
     # about 10 minutes on the 2-core CPU machine
-    "cpu": Profile(recipes=loaders.IMAGENET_RECIPES, backends="pil,nvjpeg,dali,ffcv", loader_batch=32,
+    "cpu": Profile(recipes=loader_speed.IMAGENET_RECIPES, backends="pil,nvjpeg,dali,ffcv", loader_batch=32,
                    loader_batches=10, loader_rounds=3, augment_batch=32, train_models="mnv2",
                    train_modes="fp32_eager",
                    train_loaders="pil,nvjpeg,dali,ffcv", train_windows=2, train_log_every=5,
                    train_overrides=("train.batch_size=32", "data.limit=2000")),
     # one call on one H100: 224 px views from the ImageNet-sized sample
-    "gpu": Profile(recipes=loaders.IMAGENET_RECIPES, backends="nvjpeg,dali,pil,ffcv", loader_batch=128,
+    "gpu": Profile(recipes=loader_speed.IMAGENET_RECIPES, backends="nvjpeg,dali,pil,ffcv", loader_batch=128,
                    loader_batches=30, loader_rounds=3, augment_batch=256, train_models="mnv2,r18",
                    train_modes="fp32_eager,bf16_eager,bf16_compiled", train_loaders="nvjpeg,dali,pil",
                    train_windows=3, train_log_every=10, train_on_imagenet=True,
@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.time()
     for name, path in datasets.items():
         for recipe in prof.recipes if name != "cifar10" else ("sslight_cifar",):
-            table = loaders.main(["--data", path, "--recipe", recipe, "--backends", *prof.backends.split(","),
+            table = loader_speed.main(["--data", path, "--recipe", recipe, "--backends", *prof.backends.split(","),
                                   "--batch", str(prof.loader_batch), "--batches", str(prof.loader_batches),
                                   "--rounds", str(prof.loader_rounds)])
             tables.append((f"loaders_{name}_{recipe}", table, "images/s", ["pipeline", "output"]))
-    tables.append(("augment", augment.main(["--batch", str(prof.augment_batch), "--repeats", "3",
+    tables.append(("augment", augment_speed.main(["--batch", str(prof.augment_batch), "--repeats", "3",
                                             "--pil-images", str(min(16, prof.augment_batch))]),
                    "images/s", ["pipeline", "device", "group"]))
     train_data = [f"data.path={args.imagenet}"] if prof.train_on_imagenet and "imagenet-sample" in datasets else []
-    bound, end_to_end = train.main(["--models", prof.train_models, "--modes", prof.train_modes,
+    bound, end_to_end = train_speed.main(["--models", prof.train_models, "--modes", prof.train_modes,
                                     "--loaders", prof.train_loaders, "--windows", str(prof.train_windows),
                                     "--log-every", str(prof.train_log_every), "--out", str(out / "train_runs"),
                                     *prof.train_overrides, *train_data])

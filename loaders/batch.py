@@ -1,8 +1,10 @@
-"""The batch contract every loader backend yields."""
+"""The contract every loader backend keeps: the :class:`Loader` protocol and the :class:`Batch`
+it yields."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import torch
 
@@ -61,3 +63,15 @@ class Batch:
     @property
     def size(self) -> int:
         return int(self.labels.shape[0])
+
+
+class Loader(Protocol):
+    """What the trainer asks of a backend. A backend is built as
+    ``Backend(split, groups, batch_size, seed, device, workers, rank, world)`` (loaders.registry)."""
+
+    def batches_per_epoch(self) -> int:
+        """Full batches in a whole epoch on this rank, whatever a resume skips."""
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` after the first ``skip_batches`` (a run resumed mid-epoch),
+        each on the training device."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from loaders.batch import Batch, channels_last_views
+from loaders.sampler import batches_per_epoch
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -64,7 +65,7 @@ class DaliLoader:
         self.names = [f"v{i}" for i in range(sum(g.n for g in groups))] + ["index"]
 
     def batches_per_epoch(self) -> int:
-        return len(self.split) // self.world // self.batch_size
+        return batches_per_epoch(len(self.split), self.batch_size, self.world)
 
     def _iterator(self, epoch: int):
         cuda = self.device.type == "cuda"

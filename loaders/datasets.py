@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from loaders.validate import scan
+from loaders.scan import scan
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("val", "test")
 CIFAR_ARCHIVE = "cifar10-jpeg.tar.gz"
+CIFAR_SIZE = 32
 
 
 class DataError(ValueError):
@@ -122,6 +123,12 @@ def common_image_size(split: Split, probe: int = 32) -> int | None:
         if w == h:
             return w
     return None
+
+
+def probe_image_size(path: str) -> int | None:
+    """:func:`common_image_size` of the dataset at ``path``, known before it is prepared: the
+    default CIFAR-10 is 32 px; a folder is listed (read only) and probed."""
+    return common_image_size(discover(path).train) if path else CIFAR_SIZE
 
 
 def _extract(archive: Path, target: Path) -> None:

@@ -19,8 +19,9 @@ import torch
 
 from loaders.batch import Batch, channels_last_views
 from loaders.datasets import data_root
-from loaders.pil import open_rgb
-from loaders.validate import files_key
+from loaders.images import open_rgb
+from loaders.sampler import batches_per_epoch
+from loaders.scan import files_key
 
 
 def _import_ffcv():
@@ -82,8 +83,9 @@ def beton_for(split, workers: int) -> Path:
 class FfcvLoader:
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         ff = _import_ffcv()
-        self.groups, self.device, self.batch_size = groups, device, batch_size
-        self.per_rank = len(split) // world
+        self.groups, self.device = groups, device
+        self.batches = batches_per_epoch(len(split), batch_size, world)
+        per_rank = len(split) // world
         pipelines = {}
         names = []
         for g, group in enumerate(groups):
@@ -100,14 +102,14 @@ class FfcvLoader:
         threads = torch.get_num_threads()
         self.loader = ff["Loader"](
             str(beton_for(split, workers)), batch_size=batch_size, num_workers=max(1, workers),
-            order=ff["OrderOption"].RANDOM, seed=seed, indices=np.arange(len(split))[rank::world][: self.per_rank],
+            order=ff["OrderOption"].RANDOM, seed=seed, indices=np.arange(len(split))[rank::world][:per_rank],
             pipelines=pipelines, drop_last=True,
         )
         torch.set_num_threads(threads)
         self.names = names
 
     def batches_per_epoch(self) -> int:
-        return self.per_rank // self.batch_size
+        return self.batches
 
     def epoch(self, epoch: int, skip_batches: int = 0):
         self.loader.next_epoch = epoch

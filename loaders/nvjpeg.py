@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from loaders.batch import Batch
 from loaders.crop import batch_bytes, map_threads, multi_crop, views_in
 from loaders.geometry import view_params
-from loaders.pil import open_rgb, to_uint8_chw
+from loaders.images import open_rgb, to_uint8_chw
 from loaders.sampler import EpochBatchSampler
 from loaders.shared_buffers import SharedBatchBuffers
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 
 from loaders.batch import Batch, channels_last_views
 from loaders.geometry import view_params
+from loaders.images import open_rgb, to_uint8_chw
 from loaders.sampler import EpochBatchSampler
-
-
-def open_rgb(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")  # greyscale, CMYK, palette and RGBA all become RGB
-
-
-def to_uint8_chw(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 class MultiCropDataset(torch.utils.data.Dataset):

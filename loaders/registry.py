@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loaders import dali, ffcv
+from loaders.batch import Loader
 from loaders.dali import DaliLoader
 from loaders.ffcv import FfcvLoader
 from loaders.nvjpeg import NvjpegLoader
@@ -13,7 +14,7 @@ BACKENDS = {"pil": PilLoader, "nvjpeg": NvjpegLoader, "dali": DaliLoader, "ffcv"
 
 
 def build_loader(name: str, split, groups, batch_size: int, seed: int, device, workers: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1) -> Loader:
     return BACKENDS[name](split, groups, batch_size, seed, device, workers, rank, world)
 
 

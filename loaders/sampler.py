@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Full batches per epoch on each of ``world`` ranks; the remainder is dropped, so every rank
+    takes the same number of steps."""
+    return (n // world) // batch_size
+
+
 class EpochBatchSampler:
     """Yields lists of (epoch, sample index); call :meth:`set_epoch` before each pass.
 
@@ -23,7 +29,7 @@ class EpochBatchSampler:
 
     def batches_per_epoch(self) -> int:
         """Full batches in a whole epoch, whatever was skipped on resume."""
-        return (self.n // self.world) // self.batch_size
+        return batches_per_epoch(self.n, self.batch_size, self.world)
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.skip

@@ -1,4 +1,4 @@
-"""Photometric augmentation, batched on the training device (DESIGN.md sections 1 and 2).
+"""Photometric augmentation, batched on the training device (docs/design.md).
 
 Loaders hand over uint8 views with geometry applied; everything photometric happens here,
 once, for every backend. Per sample, colour jitter and greyscale are composed into one 3x3
@@ -35,24 +35,13 @@ SOLARIZE_THRESHOLD = 127.5 / 255  # 128 of 255 for uint8 input, robust to float 
 
 @dataclass(frozen=True)
 class ViewPhotometry:
+    """The photometric settings of one view; each method lists its own (methods/)."""
+
     jitter: tuple[float, float, float, float]  # brightness, contrast, saturation, hue strengths
     jitter_p: float
     grey_p: float
     blur_p: float
     solarize_p: float
-
-
-def method_photometry(method: str, n_global: int, n_local: int) -> list[ViewPhotometry]:
-    """Per-view settings in view order (globals, then locals), DESIGN.md section 1."""
-    if method == "swav":
-        view = ViewPhotometry((0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.0)
-        return [view] * (n_global + n_local)
-    jitter = (0.4, 0.4, 0.2, 0.1)
-    first = ViewPhotometry(jitter, 0.8, 0.2, 1.0, 0.0)
-    second = ViewPhotometry(jitter, 0.8, 0.2, 0.1, 0.2)
-    local = ViewPhotometry(jitter, 0.8, 0.2, 0.5, 0.0)
-    globals_ = [first, second] + [local] * max(0, n_global - 2)
-    return globals_[:n_global] + [local] * n_local
 
 
 def _yiq() -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +51,7 @@ def _yiq() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Photometric:
-    """Augments one resolution group of views: uint8 (n, B, 3, S, S) -> normalised (n*B, 3, S, S)."""
+    """Augments resolution groups of views: uint8 (n, B, 3, S, S) -> normalised (n*B, 3, S, S)."""
 
     def __init__(self, settings: list[ViewPhotometry], global_size: int, device: torch.device,
                  dtype: torch.dtype):
@@ -140,6 +129,15 @@ class Photometric:
     def __call__(self, views: torch.Tensor, first_view: int, generator: torch.Generator) -> torch.Tensor:
         n = views.shape[0] * views.shape[1]
         return self.apply(views, first_view, torch.rand(n, 9, generator=generator, device=self.device))
+
+    def batch(self, groups: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """Every resolution group of a batch (globals first, then locals), each view with its own
+        settings."""
+        out, first_view = [], 0
+        for views in groups:
+            out.append(self(views, first_view, generator))
+            first_view += views.shape[0]
+        return out
 
     def apply(self, views: torch.Tensor, first_view: int, u: torch.Tensor) -> torch.Tensor:
         """Augments with the given uniform draws ``u`` (n_views*B, 9): one row per output view.

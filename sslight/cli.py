@@ -60,18 +60,18 @@ def run_command(args: argparse.Namespace) -> int:
     from sslight.config import _parse_bool
 
     if args.command == "sweep":
-        from sslight.sweep import sweep
+        from sslight.sweep.schedule import sweep
 
         linear = _parse_bool("LINEAR", args.linear) if args.linear else False
         return sweep(args.sweep, overrides_from(args), Path(args.out or DEFAULT_SWEEP_OUT), args.resume, linear)
     if not args.ckpt:
         raise ConfigError("CKPT is empty: give a checkpoint file or a run folder, e.g. CKPT=runs/r18_dino_sslight")
     if args.command == "eval":
-        from sslight.evaluate import main as evaluate
+        from sslight.eval.run import main as evaluate
 
         data = [f"data.path={args.data}"] if args.data else []
         return evaluate(args.ckpt, data + list(args.overrides), args.tasks)
-    from sslight.export import main as export
+    from sslight.eval.export import main as export
 
     if args.overrides:
         raise ConfigError(f"export takes no key=value overrides, got {' '.join(args.overrides)}")
@@ -93,15 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sslight: error: {exc}", file=sys.stderr)
             return 2
     try:
-        from sslight.recipes import build_config
-        from sslight.train import prepare, train
+        from sslight.train.loop import prepare, train
 
-        cfg, user_keys = build_config(overrides_from(args))
-        run = prepare(cfg, user_keys)
+        run = prepare(overrides_from(args))
     except (ConfigError, DataError) as exc:
         print(f"sslight: error: {exc}", file=sys.stderr)
         return 2
-    from sslight import distributed, faults
+    from sslight import distributed
+    from sslight.train import faults
 
     try:
         train(run)

@@ -1,8 +1,10 @@
 """The run configuration: plain dataclasses, dotted overrides, validation.
 
 Every key here is read by the code. Values left as ``"auto"`` are filled by
-:mod:`sslight.recipes` (method and recipe presets) and by :func:`resolve`
-(dataset-dependent sizes) before the run starts.
+:func:`sslight.recipes.resolve` (presets, dataset-dependent sizes, the machine) before the
+run starts. The names a key may take where things are registered (models, methods, recipes,
+loaders) come from those registries, through :func:`sslight.recipes.choices`: the registries
+import this module, so it cannot import them.
 """
 
 from __future__ import annotations
@@ -13,10 +15,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS = ("mnv2", "r18", "r34", "r50", "vit_t16", "vit_t32", "vit_s16")
-METHODS = ("dino", "swav", "moco", "rob_dino")
-RECIPES = ("baseline", "sslight")
-LOADERS = ("pil", "nvjpeg", "dali", "ffcv", "synthetic")
 AUTO = "auto"
 
 
@@ -106,7 +104,7 @@ class MocoConfig:
 
 @dataclass
 class TeacherConfig:
-    """The frozen teacher of rob_dino (sslight/teacher.py)."""
+    """The frozen teacher of rob_dino (sslight/methods/rob_teacher.py)."""
 
     path: str = ""  # a checkpoint of this project (.pt) or a timm-format backbone (.safetensors)
     head_path: str = ""  # for a .safetensors backbone: the checkpoint with the head and model config
@@ -186,11 +184,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-CHOICES = {
-    "method": METHODS,
-    "recipe": RECIPES,
-    "model.name": MODELS,
-    "data.loader": LOADERS,
+# keys whose few values are this module's own words, not names of registered things
+FIXED_CHOICES = {
     "optim.name": (AUTO, "lars", "adamw"),
     "train.device": (AUTO, "cpu", "cuda"),
     "train.precision": (AUTO, "fp32", "bf16"),
@@ -271,8 +266,9 @@ def split_override(item: str) -> tuple[str, str]:
     return key.strip(), text.strip()
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> set[str]:
-    """Apply ``key=value`` overrides in order; returns the keys that were set."""
+def apply_overrides(cfg: Config, overrides: list[str], choices: dict[str, tuple[str, ...]]) -> set[str]:
+    """Apply ``key=value`` overrides in order, each value checked against its key's type and, for
+    the keys in ``choices``, its allowed names; returns the keys that were set."""
     keys = all_keys()
     seen = set()
     for item in overrides:
@@ -280,9 +276,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> set[str]:
         if key not in keys:
             raise ConfigError(f"unknown key '{key}'{_closest(key, keys)}")
         value = parse_value(key, text, keys[key])
-        if key in CHOICES and value not in CHOICES[key]:
+        if key in choices and value not in choices[key]:
             raise ConfigError(
-                f"{key}={text!r} is not one of {', '.join(CHOICES[key])}{_closest(text, CHOICES[key])}"
+                f"{key}={text!r} is not one of {', '.join(choices[key])}{_closest(text, choices[key])}"
             )
         set_key(cfg, key, value)
         seen.add(key)
@@ -293,15 +289,24 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict) -> Config:
-    """The config saved in a checkpoint; keys added since it was written keep their defaults."""
-    cfg = Config()
+def update_from_dict(cfg: Config, data: dict) -> set[str]:
+    """Set the keys ``data`` holds (a saved config's nested dict); returns them. Keys added since
+    it was written are left as they are."""
+    given = set()
     for key in all_keys():
         value = data
         for part in key.split("."):
             value = value.get(part, dataclasses.MISSING) if isinstance(value, dict) else dataclasses.MISSING
         if value is not dataclasses.MISSING:
             set_key(cfg, key, tuple(value) if isinstance(value, list) else value)
+            given.add(key)
+    return given
+
+
+def from_dict(data: dict) -> Config:
+    """The config saved in a checkpoint; keys added since it was written keep their defaults."""
+    cfg = Config()
+    update_from_dict(cfg, data)
     return cfg
 
 
@@ -331,7 +336,7 @@ def validate(cfg: Config) -> None:
     for key in ("views.n_global", "views.n_local"):
         if get(cfg, key) < 0:
             raise ConfigError(f"{key}={get(cfg, key)}: must be >= 0")
-    if v.n_global < 2 and cfg.method in METHODS:
+    if v.n_global < 2:
         raise ConfigError(f"views.n_global={v.n_global}: {cfg.method} needs at least 2 global views")
     for key in ("views.global_size", "views.local_size"):
         size = get(cfg, key)

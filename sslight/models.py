@@ -1,12 +1,10 @@
-"""Backbones from timm, the small-input stem, and the projection heads."""
+"""Backbones from timm by name, and the small-input stem for 32 px images."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import timm
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -57,55 +55,3 @@ def build_backbone(name: str, small_stem: bool, image_size: int) -> nn.Module:
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
             model.maxpool = nn.Identity()
     return model
-
-
-def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, bn: bool, act=nn.GELU) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(dim, hidden)] + ([nn.BatchNorm1d(hidden)] if bn else []) + [act()]
-        dim = hidden
-    mods.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*mods)
-
-
-class DinoHead(nn.Module):
-    """3-layer MLP, bottleneck, L2 norm, weight-normalised last layer (norm fixed to 1, as DINO)."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, bn: bool):
-        super().__init__()
-        self.mlp = _mlp(in_dim, hidden, bottleneck, 3, bn)
-        self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck))
-        nn.init.trunc_normal_(self.last_layer, std=0.02)
-        for m in self.mlp.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.last_layer, dim=-1))
-
-
-class ProjectionHead(nn.Module):
-    """Linear - [BN] - ReLU - Linear, then L2 norm (SwAV, MoCo-v2)."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, bn: bool):
-        super().__init__()
-        self.mlp = _mlp(in_dim, hidden, out_dim, 2, bn, act=nn.ReLU)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(x), dim=-1)
-
-
-class Encoder(nn.Module):
-    """Backbone + head; one forward per resolution group keeps compiled shapes static."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (features, head outputs) for all views, in view order."""
-        feats = torch.cat([self.backbone(x) for x in groups])
-        return feats, self.head(feats)

@@ -1,13 +1,23 @@
-"""Method and view-sampling presets (DESIGN.md section 1).
+"""Every preset in one place (view recipes, method presets, the short schedule), and the one
+function that resolves a run's config before anything runs (:func:`resolve`).
 
 A preset only fills keys the user did not set, so every value stays overridable.
 """
 
 from __future__ import annotations
 
-from sslight.config import AUTO, Config, ConfigError, apply_overrides, set_key, validate
+import copy
+from dataclasses import dataclass
 
-# (recipe, family) -> view sampling and loss weighting
+import torch
+
+from loaders.registry import BACKENDS
+from sslight.config import AUTO, FIXED_CHOICES, Config, ConfigError, apply_overrides, set_key, \
+    update_from_dict, validate
+from sslight.methods import METHODS
+from sslight.models import BACKBONES
+
+# (recipe, family) -> view sampling and loss weighting (docs/design.md, section 1)
 VIEW_RECIPES = {
     ("baseline", "cnn"): dict(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), n_local=6,
                               local_size=96, alpha=AUTO),
@@ -18,8 +28,30 @@ VIEW_RECIPES = {
     ("sslight", "vit"): dict(global_scale=(0.3, 1.0), local_scale=(0.05, 0.3), n_local=10,
                              local_size=128, alpha=0.4),
 }
+RECIPES = tuple(dict.fromkeys(recipe for recipe, _ in VIEW_RECIPES))
 
 REFERENCE_GLOBAL_SIZE = 224
+
+# The short schedule (sweep runs and the CPU learning check, benchmarks/learning.py): a
+# CIFAR-10 subset, 3 epochs, warm-ups and freezes shortened to the run, and LARS's trust
+# coefficient raised to 0.02 as solo-learn's CIFAR configs do (with eta 0.001 a weight moves by
+# lr * eta of its norm per step: too slow for a 200-step run at batch 64, while biases and norm
+# parameters move at full lr). SwAV at batch 64 follows SwAV's own advice for small batches: a
+# queue from the start (60 batches) and the prototypes frozen in the first epoch; without them
+# its loss sits at ln(prototypes) within 60 steps and kNN falls below initialisation
+# (BENCHMARKS.md, learning check). The user's flags and ARGS override these.
+SHORT = [
+    "data.limit=5000", "train.epochs=3", "train.batch_size=64", "eval.every=0", "optim.eta=0.02",
+    "eval.bank_limit=10000", "eval.query_limit=2000", "optim.warmup_epochs=0.5",
+    "dino.warmup_teacher_temp_epochs=1", "dino.momentum_teacher=0.99",
+    "swav.n_prototypes=300", "swav.queue_length=3840", "swav.epoch_queue_starts=0", "moco.queue_length=4096",
+]
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every key that names something, read from where it is registered."""
+    return {"method": tuple(METHODS), "recipe": RECIPES, "model.name": tuple(BACKBONES),
+            "data.loader": tuple(BACKENDS), **FIXED_CHOICES}
 
 
 def family(model_name: str) -> str:
@@ -59,51 +91,52 @@ def preset(cfg: Config) -> dict[str, object]:
     return values
 
 
-def build_config(overrides: list[str]) -> tuple[Config, set[str]]:
-    """Defaults, then the user's choices of method/recipe/model, then presets, then overrides.
+@dataclass
+class Request:
+    """A config as asked for: defaults, then a saved config's values, then the overrides; ``given``
+    names every key that was set, which presets leave alone."""
 
-    Returns the config and the set of keys the user set explicitly.
-    """
+    cfg: Config
+    given: set[str]
+
+
+def parse(overrides: list[str], base: dict | None = None) -> Request:
+    """Keys, types and names checked; nothing resolved yet."""
     cfg = Config()
-    user_keys = apply_overrides(cfg, overrides)  # validates keys, types and choices
+    given = update_from_dict(cfg, base) if base else set()
+    given |= apply_overrides(cfg, overrides, choices())
+    return Request(cfg, given)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the machine that runs offers, as far as resolving a config asks."""
+
+    cuda: bool
+
+    @staticmethod
+    def here() -> "Machine":
+        return Machine(cuda=torch.cuda.is_available())
+
+    def device(self, requested: str) -> str:
+        if requested == AUTO:
+            return "cuda" if self.cuda else "cpu"
+        if requested == "cuda" and not self.cuda:
+            raise ConfigError("train.device='cuda': no CUDA device is available; allowed here: auto, cpu")
+        return requested
+
+
+def resolve(request: Request, machine: Machine, image_size: int | None = None) -> Config:
+    """The run's config with every auto value filled: presets, then the sizes for images of side
+    ``image_size`` (None when they vary or are not known yet), then the machine's defaults;
+    validated once."""
+    cfg, given = copy.deepcopy(request.cfg), request.given
     for key, value in preset(cfg).items():
-        if key not in user_keys:
+        if key not in given:
             set_key(cfg, key, value)
-    if cfg.views.global_size != AUTO:
-        scale_recipe_local_size(cfg, user_keys)
-    validate(cfg)
-    return cfg, user_keys
-
-
-def scale_recipe_local_size(cfg: Config, user_keys: set[str]) -> None:
-    """A recipe's local size is defined for 224 px globals; one the user set is taken as pixels."""
-    v = cfg.views
-    if "views.local_size" not in user_keys or v.local_size == AUTO:
-        at_reference = VIEW_RECIPES[(cfg.recipe, family(cfg.model.name))]["local_size"]
-        v.local_size = max(8, round(v.global_size * at_reference / REFERENCE_GLOBAL_SIZE))
-
-
-def resolve_sizes(cfg: Config, user_keys: set[str], image_size: int | None) -> None:
-    """Fill dataset-dependent sizes: small images keep the recipe's ratios (DESIGN.md section 1).
-
-    ``image_size`` is the common side of the dataset's images, or None when they vary.
-    """
-    v = cfg.views
-    if v.global_size == AUTO:
-        v.global_size = image_size if image_size and image_size < REFERENCE_GLOBAL_SIZE else REFERENCE_GLOBAL_SIZE
-        scale_recipe_local_size(cfg, user_keys)
-    if cfg.model.small_stem == AUTO:
-        cfg.model.small_stem = v.global_size <= 64
-    validate(cfg)
-
-
-def resolve_runtime(cfg: Config, cuda_available: bool) -> None:
-    """Fill device, precision and compile defaults."""
+    resolve_sizes(cfg, given, image_size)
     t = cfg.train
-    if t.device == AUTO:
-        t.device = "cuda" if cuda_available else "cpu"
-    if t.device == "cuda" and not cuda_available:
-        raise ConfigError("train.device='cuda': no CUDA device is available; allowed here: auto, cpu")
+    t.device = machine.device(t.device)
     if t.precision == AUTO:
         # Measured on the 2-core CPU machine (AVX2, no AVX512-BF16): bf16 autocast makes a
         # training step 10-20x slower than fp32 for both ResNet-18 and MobileNetV2, so the
@@ -111,4 +144,27 @@ def resolve_runtime(cfg: Config, cuda_available: bool) -> None:
         t.precision = "bf16" if t.device == "cuda" else "fp32"
     if t.compile == AUTO:
         t.compile = t.device == "cuda"
+    if t.out == AUTO:
+        t.out = f"runs/{cfg.model.name}_{cfg.method}_{cfg.recipe}"
+    validate(cfg)
+    return cfg
 
+
+def resolve_sizes(cfg: Config, given: set[str], image_size: int | None) -> None:
+    """Small images keep the recipe's ratios (docs/design.md, section 1): the global size is the
+    image's, and a recipe's local size, defined for 224 px globals, scales with it; a local size
+    the user set is taken as pixels."""
+    v = cfg.views
+    if v.global_size == AUTO:
+        v.global_size = image_size if image_size and image_size < REFERENCE_GLOBAL_SIZE else REFERENCE_GLOBAL_SIZE
+    if "views.local_size" not in given or v.local_size == AUTO:
+        at_reference = VIEW_RECIPES[(cfg.recipe, family(cfg.model.name))]["local_size"]
+        v.local_size = max(8, round(v.global_size * at_reference / REFERENCE_GLOBAL_SIZE))
+    if cfg.model.small_stem == AUTO:
+        cfg.model.small_stem = v.global_size <= 64
+
+
+def build_config(overrides: list[str], image_size: int | None = None) -> Config:
+    """:func:`resolve` of ``overrides`` on this machine, for callers that have no dataset at hand
+    (a sweep checking its runs, tests)."""
+    return resolve(parse(overrides), Machine.here(), image_size)

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, ViewPhotometry, method_photometry
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, ViewPhotometry
+from sslight.methods import METHODS
 
 N = 4000  # samples for probability checks; 4 sigma of a Bernoulli(0.2) mean is about 0.025
 
@@ -18,7 +19,7 @@ def unnormalise(x):
 
 
 def test_shapes_dtype_layout_range():
-    settings = method_photometry("dino", 2, 6)
+    settings = METHODS["dino"].photometry(2, 6)
     aug = Photometric(settings, 32, torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(0)
     views = torch.randint(0, 256, (2, 5, 3, 32, 32), dtype=torch.uint8)
@@ -34,10 +35,10 @@ def test_shapes_dtype_layout_range():
 
 
 def test_per_view_settings_follow_design():
-    dino = method_photometry("dino", 2, 6)
+    dino = METHODS["dino"].photometry(2, 6)
     assert [s.blur_p for s in dino] == [1.0, 0.1] + [0.5] * 6
     assert [s.solarize_p for s in dino] == [0.0, 0.2] + [0.0] * 6
-    swav = method_photometry("swav", 2, 6)
+    swav = METHODS["swav"].photometry(2, 6)
     assert {s.blur_p for s in swav} == {0.5} and {s.solarize_p for s in swav} == {0.0}
     assert swav[0].jitter == (0.8, 0.8, 0.8, 0.2)
 
@@ -139,7 +140,7 @@ def test_jitter_probability():
 
 
 def test_same_seed_same_views():
-    aug = Photometric(method_photometry("dino", 2, 0), 32, torch.device("cpu"), torch.float32)
+    aug = Photometric(METHODS["dino"].photometry(2, 0), 32, torch.device("cpu"), torch.float32)
     views = colourful(8, 32).expand(2, -1, -1, -1, -1)
     a = aug(views, 0, torch.Generator().manual_seed(7))
     b = aug(views, 0, torch.Generator().manual_seed(7))
@@ -151,7 +152,7 @@ def test_same_seed_same_views():
 def test_cpu_kernel_equals_tensor_ops(method, size, n_views, layout):
     """The fused CPU kernel computes what the accelerator's tensor ops compute, view by view
     (4 px views clamp the blur radius to 3), from the loaders' channels-last views or others."""
-    settings = method_photometry(method, 2, 6)
+    settings = METHODS[method].photometry(2, 6)
     aug = Photometric(settings, 224, torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(6)
     views = torch.randint(0, 256, (n_views, 16, 3, size, size), dtype=torch.uint8, generator=g).flatten(0, 1)
@@ -166,7 +167,7 @@ def test_cpu_kernel_equals_tensor_ops(method, size, n_views, layout):
 def test_cpu_output_buffer_reused_only_when_dropped():
     """The CPU kernel's output buffer comes back for the next batch only once the caller has let
     go of the previous one: held views are never overwritten."""
-    aug = Photometric(method_photometry("dino", 2, 0), 32, torch.device("cpu"), torch.float32)
+    aug = Photometric(METHODS["dino"].photometry(2, 0), 32, torch.device("cpu"), torch.float32)
     views = colourful(8, 32).expand(2, -1, -1, -1, -1)
     first = aug(views, 0, torch.Generator().manual_seed(1))
     kept = first.clone()

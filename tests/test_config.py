@@ -7,7 +7,7 @@ import pytest
 
 from sslight.cli import main
 from sslight.config import ConfigError, to_dict, from_dict
-from sslight.recipes import build_config, resolve_sizes
+from sslight.recipes import build_config
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -49,37 +49,34 @@ def test_cli_process_exit_code(tmp_path):
 
 
 def test_presets_follow_recipe_and_family():
-    cfg, _ = build_config(["recipe=baseline", "model.name=r18"])
+    cfg = build_config(["recipe=baseline", "model.name=r18"])
     assert cfg.views.global_scale == (0.14, 1.0) and cfg.views.local_scale == (0.05, 0.14)
     assert cfg.loss.alpha == "auto" and cfg.optim.name == "lars" and cfg.optim.lr == 0.48
-    cfg, _ = build_config(["model.name=vit_t16"])
+    cfg = build_config(["model.name=vit_t16"])
     assert cfg.views.n_local == 10 and cfg.loss.alpha == 0.4 and cfg.optim.name == "adamw"
     assert cfg.dino.out_dim == 65536 and cfg.dino.warmup_teacher_temp_epochs == 30
-    cfg, _ = build_config(["method=swav"])
+    cfg = build_config(["method=swav"])
     assert cfg.optim.lr == 0.3
 
 
 def test_overrides_beat_presets():
-    cfg, keys = build_config(["views.n_local=10", "optim.lr=0.3", "loss.alpha=auto", "views.global_scale=(0.2,0.9)"])
+    cfg = build_config(["views.n_local=10", "optim.lr=0.3", "loss.alpha=auto", "views.global_scale=(0.2,0.9)"])
     assert (cfg.views.n_local, cfg.optim.lr, cfg.loss.alpha) == (10, 0.3, "auto")
     assert cfg.views.global_scale == (0.2, 0.9)
 
 
 def test_small_images_keep_recipe_ratios():
-    cfg, keys = build_config([])
-    resolve_sizes(cfg, keys, 32)
+    cfg = build_config([], image_size=32)
     assert (cfg.views.global_size, cfg.views.local_size) == (32, round(32 * 128 / 224))
     assert cfg.model.small_stem is True
-    cfg, keys = build_config(["views.local_size=12"])
-    resolve_sizes(cfg, keys, 32)
+    cfg = build_config(["views.local_size=12"], image_size=32)
     assert cfg.views.local_size == 12
-    cfg, keys = build_config(["recipe=baseline"])
-    resolve_sizes(cfg, keys, None)
+    cfg = build_config(["recipe=baseline"], image_size=None)
     assert (cfg.views.global_size, cfg.views.local_size, cfg.model.small_stem) == (224, 96, False)
 
 
 def test_resolved_config_round_trips():
-    cfg, _ = build_config(["views.n_local=8"])
+    cfg = build_config(["views.n_local=8"])
     assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
 
 

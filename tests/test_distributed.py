@@ -13,7 +13,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from sslight import checkpoint
-from sslight.metrics import read
+from sslight.train.log import read
 from sslight.methods.swav import sinkhorn
 from tests.conftest import TINY
 
@@ -89,11 +89,11 @@ def test_distributed_sinkhorn_equals_the_global_batch(tmp_path):
 def test_sync_bn_converts_every_batchnorm(cifar_small):
     """train.sync_bn swaps timm's fused BatchNorm+activation layers without dropping the activation."""
     from sslight.recipes import build_config
-    from sslight.train import build_method
+    from sslight.train.loop import build_method
 
-    cfg, _ = build_config([*SMALL, "views.global_size=32", "model.small_stem=true", "train.sync_bn=true",
-                           "train.compile=false", "method=swav"])
-    method = build_method(cfg, torch.device("cpu"))
+    cfg = build_config([*SMALL, "views.global_size=32", "model.small_stem=true", "train.sync_bn=true",
+                        "train.compile=false", "method=swav"])
+    method = build_method(cfg, torch.device("cpu"), {})
     norms = [m for m in method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     assert any(type(m).__name__ == "SyncBatchNormAct" and not isinstance(m.act, torch.nn.Identity) for m in norms)

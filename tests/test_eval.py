@@ -13,13 +13,14 @@ from sslight import config as config_mod
 from sslight.checkpoint import save_atomic
 from sslight.cli import main
 from sslight.config import ConfigError, LinearConfig
-from sslight.evaluate import evaluate_checkpoint, parse_tasks
-from sslight.export import load_timm
-from sslight.knn import EvalImages, knn_accuracies, knn_top1
-from sslight.linear import train_linear
+from sslight.eval.export import load_timm
+from sslight.eval.features import EvalImages
+from sslight.eval.knn import knn_accuracies, knn_top1
+from sslight.eval.linear import train_linear
+from sslight.eval.run import evaluate_checkpoint, parse_tasks
+from sslight.eval.subsets import label_subset
 from sslight.models import build_backbone
 from sslight.recipes import build_config
-from sslight.subsets import label_subset
 
 
 def test_knn_toy_features_known_answer():
@@ -39,7 +40,7 @@ def test_knn_toy_features_known_answer():
 
 def make_checkpoint(path, overrides, perturb_norms=False):
     """A checkpoint as training writes it (student backbone + resolved config), random weights."""
-    cfg, _ = build_config(overrides)
+    cfg = build_config(overrides)
     torch.manual_seed(0)
     backbone = build_backbone(cfg.model.name, cfg.model.small_stem, cfg.views.global_size)
     if perturb_norms:  # running statistics are buffers: the export must carry them too
@@ -107,11 +108,12 @@ def test_semisup_fine_tunes_the_whole_network_on_the_subset_file(cifar_small, tm
     assert result["subset_file"] == str(path) and result["images"] == len(subset) == 20
     assert 0 <= result["top1"] <= result["top5"] <= 100
 
-    from sslight.finetune import finetune
-    from sslight.pretrained import load
+    from sslight.eval.finetune import finetune
+    from sslight.eval.trained import load
 
-    _, run_cfg, tuned = load(ckpt, cfg)
-    finetune(tuned, subset, load_dataset(str(cifar_small)).test.subset(20, 0), 10, run_cfg)
+    trained = load(ckpt, cfg)
+    tuned = trained.build()
+    finetune(tuned, subset, load_dataset(str(cifar_small)).test.subset(20, 0), 10, trained.cfg)
     before, after = backbone.state_dict(), tuned.state_dict()
     assert not torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])  # the stem learns too
 

@@ -15,7 +15,7 @@ import torch
 
 from sslight import checkpoint
 from sslight.cli import main
-from sslight.metrics import read
+from sslight.train.log import read
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ from loaders import build_loader
 from loaders.batch import ViewGroup
 from loaders.crop import multi_crop_torch, multi_crop_triton, triton_usable
 from loaders.datasets import discover
-from sslight.augment import Photometric, method_photometry
+from sslight.augment import Photometric
+from sslight.methods import METHODS
 from sslight.cli import main as cli_main
-from sslight.metrics import read
+from sslight.train.log import read
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -45,7 +46,7 @@ def test_photometric_on_gpu_matches_cpu():
     """The GPU's identity-kernel blur and the CPU's blur-the-chosen-subset give one result."""
     views = torch.randint(0, 256, (2, 8, 3, 32, 32), dtype=torch.uint8)
     u = torch.rand(16, 9, generator=torch.Generator().manual_seed(0))
-    outs = [Photometric(method_photometry("dino", 2, 6), 32, device, torch.float32).apply(
+    outs = [Photometric(METHODS["dino"].photometry(2, 6), 32, device, torch.float32).apply(
         views.to(device), 0, u.to(device)).cpu() for device in (torch.device("cpu"), CUDA)]
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
 

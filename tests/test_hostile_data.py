@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders.validate import problem
+from loaders.scan import problem
 from sslight.cli import main
 from tests.conftest import TINY
 from tests.test_backends import optional

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslight.losses import cross_entropy_pairs, pair_counts, pair_weights, weighted_pair_loss
+from sslight.methods.pair_loss import cross_entropy_pairs, pair_counts, pair_weights, weighted_pair_loss
 
 
 def loop_pair_losses(targets, log_probs):

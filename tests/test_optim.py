@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from sslight.optim import LARS, ema_update, param_groups, set_schedule
+from sslight.methods.base import ema_update
+from sslight.train.optim import LARS, param_groups, set_schedule
 from sslight.schedules import cosine, linear_then_constant
 
 

@@ -11,10 +11,9 @@ from safetensors.torch import save_file
 from sslight import checkpoint
 from sslight.cli import main
 from sslight.methods import StepContext
-from sslight.metrics import read
-from sslight.optim import LARS, param_groups
-from sslight.recipes import build_config
-from sslight.train import build_method, prepare
+from sslight.train.log import read
+from sslight.train.loop import build_method, prepare
+from sslight.train.optim import LARS, param_groups
 from tests.conftest import TINY
 
 
@@ -35,10 +34,9 @@ def teacher_weights(path):
 
 
 def rob_method(data, *overrides):
-    cfg, keys = build_config(["method=rob_dino", f"data.path={data}", "train.batch_size=8", *TINY, *overrides])
-    run = prepare(cfg, keys)
+    run = prepare(["method=rob_dino", f"data.path={data}", "train.batch_size=8", *TINY, *overrides])
     torch.manual_seed(0)
-    return cfg, build_method(cfg, run.device)
+    return run.cfg, build_method(run.cfg, run.device, run.method_inputs)
 
 
 def views(cfg, batch=8, seed=0):
@@ -156,3 +154,14 @@ def test_bad_teacher_input_stops_before_anything_is_written(cifar_small, teacher
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_the_teacher_is_read_once_per_run(cifar_small, teacher_ckpt, tmp_path, monkeypatch):
+    from sslight.methods import rob_teacher
+
+    reads = []
+    real = rob_teacher.read_checkpoint
+    monkeypatch.setattr(rob_teacher, "read_checkpoint", lambda *a: reads.append(a) or real(*a))
+    assert main(["train", "--out", str(tmp_path / "run"), "--data", str(cifar_small), "--method", "rob_dino",
+                 "--teacher", str(teacher_ckpt), "--batch", "16", "--steps", "1", "eval.every=0", *TINY]) == 0
+    assert reads == [("teacher.path", str(teacher_ckpt))]

@@ -7,9 +7,8 @@ import pytest
 
 from sslight.cli import main
 from sslight.config import ConfigError
-from sslight.grid import override, parse_grid, points, run_name
+from sslight.sweep.grid import override, parse_grid, plan, points, run_name
 from sslight.recipes import build_config
-from sslight.sweep import plan
 from tests.conftest import TINY
 
 
@@ -26,7 +25,7 @@ def test_pair_values_are_min_colon_max():
     (axis,) = parse_grid("views.global_scale=0.14:1.0,0.3:1.0")
     assert axis.values == ("0.14:1.0", "0.3:1.0")
     assert override(axis.key, axis.values[0]) == "views.global_scale=0.14,1.0"
-    cfg, _ = build_config([override(axis.key, v) for v in axis.values[:1]])
+    cfg = build_config([override(axis.key, v) for v in axis.values[:1]])
     assert cfg.views.global_scale == (0.14, 1.0)
 
 

@@ -1,19 +1,32 @@
-"""What every method shares: the step context and the interface the loop calls."""
+"""What every method shares: the step context, the interface the loop calls, and the EMA update."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from sslight.augment import ViewPhotometry
+
+# DINO's and MoCo-v2's photometry (docs/design.md, section 1): blur always on global 1, rarely on
+# global 2, which alone is solarized; locals half the time.
+JITTER = (0.4, 0.4, 0.2, 0.1)
+FIRST_GLOBAL = ViewPhotometry(JITTER, 0.8, 0.2, 1.0, 0.0)
+SECOND_GLOBAL = ViewPhotometry(JITTER, 0.8, 0.2, 0.1, 0.2)
+LOCAL = ViewPhotometry(JITTER, 0.8, 0.2, 0.5, 0.0)
 
 
 @dataclass
 class StepContext:
+    """Where the run is, and the values of the method's own schedules at this step
+    (:meth:`Method.schedules`); a method reads only the fields it schedules."""
+
     epoch: int
     step: int  # global optimiser step
-    teacher_temp: float
-    momentum: float  # EMA momentum of the teacher / key encoder
+    teacher_temp: float = 0.0
+    momentum: float = 1.0  # EMA momentum of the teacher / key encoder
 
 
 class Method(nn.Module):
@@ -24,10 +37,28 @@ class Method(nn.Module):
     """
 
     student: nn.Module
+    reads_teacher = False  # whether teacher.path names a file this method reads (RoB)
 
     def __init__(self, cfg, n_global: int, n_local: int):
         super().__init__()
         self.cfg, self.n_global, self.n_local = cfg, n_global, n_local
+
+    @classmethod
+    def photometry(cls, n_global: int, n_local: int) -> list[ViewPhotometry]:
+        """Per-view photometric settings in view order (globals, then locals)."""
+        globals_ = [FIRST_GLOBAL, SECOND_GLOBAL] + [LOCAL] * max(0, n_global - 2)
+        return globals_[:n_global] + [LOCAL] * n_local
+
+    @classmethod
+    def schedules(cls, cfg, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """Per-step values of the method's own schedules, keyed by :class:`StepContext` field."""
+        return {}
+
+    @classmethod
+    def inputs(cls, cfg) -> dict:
+        """What the method reads from files, loaded and checked before a run writes anything:
+        keyword arguments of its constructor."""
+        return {}
 
     @property
     def backbone(self) -> nn.Module:
@@ -49,3 +80,12 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """EMA updates and the like."""
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """target = momentum * target + (1 - momentum) * source, over all parameters at once."""
+    t = list(target.parameters())
+    s = list(source.parameters())
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1 - momentum)

@@ -4,32 +4,38 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslight import distributed
-from sslight.losses import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
-from sslight.methods.base import Method, StepContext
-from sslight.models import DinoHead, Encoder
-from sslight.optim import ema_update
+from sslight.methods.base import Method, StepContext, ema_update
+from sslight.methods.heads import DinoHead, Encoder
+from sslight.methods.pair_loss import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
+from sslight.schedules import cosine, linear_then_constant
 
 
 class Dino(Method):
-    def __init__(self, cfg, backbone, n_global: int, n_local: int):
+    def __init__(self, cfg, backbone, n_global: int, n_local: int, teacher: nn.Module | None = None):
+        """``teacher``: the branch the student learns against; by default (DINO) a copy of the
+        student that then follows it by EMA."""
         super().__init__(cfg, n_global, n_local)
         d = cfg.dino
         head = DinoHead(backbone.num_features, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.use_bn_in_head)
         self.student = Encoder(backbone, head)
-        self.teacher = self.build_teacher()
+        self.teacher = teacher if teacher is not None else copy.deepcopy(self.student).requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, d.out_dim))
         views = n_global + n_local
         self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
                                                      cfg.loss.alpha), persistent=False)
 
-    def build_teacher(self) -> nn.Module:
-        """DINO's teacher: a copy of the student, then its EMA."""
-        return copy.deepcopy(self.student).requires_grad_(False)
+    @classmethod
+    def schedules(cls, cfg, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        d = cfg.dino
+        return dict(momentum=cosine(d.momentum_teacher, 1.0, total_steps),
+                    teacher_temp=linear_then_constant(d.warmup_teacher_temp, d.teacher_temp, total_steps,
+                                                      d.warmup_teacher_temp_epochs * steps_per_epoch))
 
     @torch.no_grad()
     def teacher_outputs(self, globals_: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sslight import distributed
-from sslight.losses import pair_loss_terms, pair_weights, weighted_pair_loss
-from sslight.methods.base import Method, StepContext
-from sslight.models import Encoder, ProjectionHead
-from sslight.optim import ema_update
+from sslight.methods.base import Method, StepContext, ema_update
+from sslight.methods.heads import Encoder, ProjectionHead
+from sslight.methods.pair_loss import pair_loss_terms, pair_weights, weighted_pair_loss
 
 
 class Moco(Method):
@@ -25,6 +25,10 @@ class Moco(Method):
         # the key is view 0; queries are every other view (P_gg = n_global - 1, P_gl = n_local)
         self.register_buffer("weights", pair_weights([0], list(range(1, views)), n_global, cfg.loss.alpha),
                              persistent=False)
+
+    @classmethod
+    def schedules(cls, cfg, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        return dict(momentum=np.full(total_steps, cfg.moco.momentum))
 
     def loss(self, groups, ctx: StepContext):
         m = self.cfg.moco

@@ -1,21 +1,23 @@
 """RoB (Replace one Branch) with DINO: the student learns DINO's multi-crop loss against a frozen,
-pre-trained teacher (sslight/teacher.py) instead of an EMA of itself."""
+pre-trained teacher (sslight/methods/rob_teacher.py) instead of an EMA of itself."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
-from torch import nn
 
+from sslight.methods import rob_teacher
 from sslight.methods.base import StepContext
 from sslight.methods.dino import Dino
-from sslight.teacher import load_teacher
 
 
 class RobDino(Dino):
-    def build_teacher(self) -> nn.Module:
-        return load_teacher(self.cfg)
+    reads_teacher = True
+
+    @classmethod
+    def inputs(cls, cfg) -> dict:
+        return dict(teacher=rob_teacher.load_teacher(cfg))
 
     @torch.no_grad()
     def teacher_outputs(self, globals_: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslight import distributed
-from sslight.losses import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
+from sslight.augment import ViewPhotometry
 from sslight.methods.base import Method, StepContext
-from sslight.models import Encoder, ProjectionHead
+from sslight.methods.heads import Encoder, ProjectionHead
+from sslight.methods.pair_loss import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
+
+# SwAV's photometry: stronger jitter, blur half the time on every view, no solarize
+VIEW = ViewPhotometry((0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.0)
 
 
 @torch.no_grad()
@@ -50,6 +54,10 @@ class Swav(Method):
         views = n_global + n_local
         self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
                                                      cfg.loss.alpha), persistent=False)
+
+    @classmethod
+    def photometry(cls, n_global: int, n_local: int) -> list[ViewPhotometry]:
+        return [VIEW] * (n_global + n_local)
 
     def trainable(self):
         return [self.student, self.prototypes]

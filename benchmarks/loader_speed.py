@@ -2,7 +2,7 @@
 views ready for the model (geometry + sslight.augment), against two references measured in the
 same run: the decode-only bound and the original SSLight data path.
 
-Usage: python -m benchmarks.loaders --data DIR [--backends pil nvjpeg dali ffcv] [--recipe sslight_cnn]
+Usage: python -m benchmarks.loader_speed --data DIR [--backends pil nvjpeg dali ffcv] [--recipe sslight_cnn]
        [--batches 20] [--main-threads N] [--csv out.csv]
 
 The main process, where "views ready" runs the photometric kernel while the workers cut the
@@ -24,13 +24,14 @@ from PIL import ImageFilter, ImageOps
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from benchmarks.report import Table
 from loaders import build_loader
-from loaders.registry import missing
 from loaders.batch import ViewGroup
 from loaders.datasets import discover
-from loaders.pil import open_rgb
-from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, method_photometry
+from loaders.images import open_rgb
+from loaders.registry import missing
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric
+from sslight.methods import METHODS
+from sslight.table import Table
 
 RECIPES = {
     "baseline_cnn": [ViewGroup(2, 224, (0.14, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 96, (0.05, 0.14), (3 / 4, 4 / 3))],
@@ -119,15 +120,10 @@ def warmup_batches(workers: int) -> int:
 
 def views_ready(groups, device: torch.device):
     """The "views ready" step: ``sslight.augment`` (DINO settings) on every group of a batch."""
-    photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
+    photometric = Photometric(METHODS["dino"].photometry(groups[0].n, groups[1].n), groups[0].size, device,
                               torch.float32)
     generator = torch.Generator(device=device).manual_seed(0)
-    first = [0, groups[0].n]
-
-    def augment(batch):
-        return [photometric(v, f, generator) for v, f in zip(batch.views, first)]
-
-    return augment
+    return lambda batch: photometric.batch(batch.views, generator)
 
 
 def rate(stream, batches: int, batch_size: int, warmup: int, transform=None) -> float:

@@ -1,6 +1,6 @@
-"""Ablation sweeps: a grid of runs on a short schedule, scheduled on the node, then a table and plots.
+"""Ablation sweeps: a grid of runs on the short schedule, placed on the node, then a table and plots.
 
-Each run is a child process (``python -m sslight.sweep_run``) writing into ``OUT/<run name>``;
+Each run is a child process (``python -m sslight.sweep.run``) writing into ``OUT/<run name>``;
 its ``result.json`` marks it finished. Scheduling:
 - no CUDA device: one run at a time;
 - several GPUs: one run per GPU at a time (``CUDA_VISIBLE_DEVICES``);
@@ -18,71 +18,17 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sslight.config import AUTO, ConfigError
-from sslight.grid import Axis, override, parse_grid, points, run_name
 from sslight.recipes import build_config
-from sslight.sweep_report import report
-from sslight.sweep_run import RESULT
+from sslight.sweep.grid import OVERRIDES, RESULT, Planned, parse_grid, plan
+from sslight.sweep.report import report
 
-# The short schedule of a sweep run (the CPU learning check's, benchmarks/learning.py): a
-# CIFAR-10 subset, 3 epochs, warm-ups and freezes shortened to the run, and LARS's trust
-# coefficient raised to 0.02 as solo-learn's CIFAR configs do (with eta 0.001 a weight moves by
-# lr * eta of its norm per step: too slow for a 200-step run at batch 64, while biases and norm
-# parameters move at full lr). SwAV at batch 64 follows SwAV's own advice for small batches: a
-# queue from the start (60 batches) and the prototypes frozen in the first epoch; without them
-# its loss sits at ln(prototypes) within 60 steps and kNN falls below initialisation
-# (BENCHMARKS.md, learning check). ARGS override these.
-SHORT = [
-    "data.limit=5000", "train.epochs=3", "train.batch_size=64", "eval.every=0", "optim.eta=0.02",
-    "eval.bank_limit=10000", "eval.query_limit=2000", "optim.warmup_epochs=0.5",
-    "dino.warmup_teacher_temp_epochs=1", "dino.momentum_teacher=0.99",
-    "swav.n_prototypes=300", "swav.queue_length=3840", "swav.epoch_queue_starts=0", "moco.queue_length=4096",
-]
 PACK_MARGIN = 1.2
 CUDA_CONTEXT_GIB = 1.0
-OVERRIDES = "overrides.json"  # written at launch: a re-run with other settings must not reuse the folder
-
-
-@dataclass
-class Planned:
-    name: str
-    point: dict[str, str]
-    overrides: list[str]
-    out: Path
-
-    @property
-    def finished(self) -> bool:
-        return (self.out / RESULT).exists()
-
-    @property
-    def started(self) -> bool:
-        return (self.out / OVERRIDES).exists()
-
-
-def plan(axes: list[Axis], base: list[str], out: Path) -> list[Planned]:
-    """Every run of the grid with its overrides, all checked before anything runs."""
-    swept = {a.key for a in axes}
-    for item in base:
-        key = item.split("=", 1)[0].strip()
-        if key in swept:
-            raise ConfigError(f"{key} is both swept (SWEEP) and set ({item!r}); set it in one place")
-        if key in ("train.out", "train.resume"):
-            raise ConfigError(f"{item!r}: a sweep sets {key} per run; use the sweep's OUT and RESUME")
-    runs = []
-    for point in points(axes):
-        overrides = [*SHORT, *base, *(override(k, v) for k, v in point.items())]
-        build_config(overrides)  # bad values stop the sweep before any run starts
-        name = run_name(point)
-        runs.append(Planned(name, point, overrides, out / name))
-    for r in runs:
-        if r.started and json.loads((r.out / OVERRIDES).read_text()) != r.overrides:
-            raise ConfigError(f"{r.out} holds a run with other settings; choose another OUT for this sweep")
-    return runs
 
 
 class Slots:
@@ -113,7 +59,7 @@ def launch(run: Planned, resume: bool, linear: bool, device: str) -> subprocess.
     if device != "cpu":
         env["CUDA_VISIBLE_DEVICES"] = device
     flags = [*(["--resume"] if resume else []), *(["--linear"] if linear else [])]
-    cmd = [sys.executable, "-m", "sslight.sweep_run", *flags, str(run.out), *run.overrides]
+    cmd = [sys.executable, "-m", "sslight.sweep.run", *flags, str(run.out), *run.overrides]
     with open(run.out / "log.txt", "a") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -161,7 +107,7 @@ def sweep(spec: str, base: list[str], out: Path, resume: str, linear: bool) -> i
     todo = [r for r in runs if not r.finished]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to run "
           f"into {out}", file=sys.stderr, flush=True)
-    workers = build_config(runs[0].overrides)[0].data.workers
+    workers = build_config(runs[0].overrides).data.workers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     failed = schedule(todo, resume == AUTO, linear, Slots(workers)) if todo else []
     report(axes, runs, out)

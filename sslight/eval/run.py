@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 
 from loaders.datasets import DataError, load_dataset
-from sslight import pretrained
 from sslight.checkpoint import write_json
 from sslight.config import ConfigError, label_percents
-from sslight.features import FeatureCache
-from sslight.finetune import finetune
-from sslight.knn import knn_accuracies
-from sslight.linear import topk_accuracy, train_linear
-from sslight.subsets import label_subset
+from sslight.eval import trained
+from sslight.eval.features import FeatureCache
+from sslight.eval.finetune import finetune
+from sslight.eval.knn import knn_accuracies
+from sslight.eval.linear import topk_accuracy, train_linear
+from sslight.eval.subsets import label_subset
+from sslight.precision import dtype_of
 
 KNN_KS = (10, 20, 100, 200)
 TASKS = ("knn", "linear", "semisup")
@@ -37,13 +38,14 @@ def result_path(ckpt: Path) -> Path:
 
 
 def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str]) -> dict:
-    path, cfg, backbone = pretrained.load(ckpt, overrides)
+    run = trained.load(ckpt, overrides)
+    path, cfg = run.path, run.cfg
     dataset = load_dataset(cfg.data.path)
     if dataset.test is None or not dataset.labelled:
         raise DataError(f"data.path={dataset.root!r}: evaluation needs labelled train/ and val/ or test/ "
                         "ImageFolder subtrees")
     device = torch.device(cfg.train.device)
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    dtype = dtype_of(cfg.train.precision)
     train_split = dataset.train.subset(cfg.eval.bank_limit, cfg.train.seed)
     test_split = dataset.test.subset(cfg.eval.query_limit, cfg.train.seed)
     n_classes = len(dataset.classes)
@@ -51,7 +53,7 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str]
                         test_images=len(test_split), precision=cfg.train.precision, seconds={})
     if "knn" in tasks or "linear" in tasks:
         start = time.perf_counter()
-        cache = FeatureCache(path, backbone, cfg.views.global_size, device, dtype, cfg.data.workers)
+        cache = FeatureCache(path, run.build(), cfg.views.global_size, device, dtype, cfg.data.workers)
         train_feats, train_labels = cache.get(train_split)
         test_feats, test_labels = cache.get(test_split)
         result["seconds"]["features"] = time.perf_counter() - start
@@ -75,8 +77,7 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str]
         for percent in label_percents(cfg.semisup.percents):
             start = time.perf_counter()
             subset, subset_path = label_subset(dataset, percent, cfg.semisup.subset_seed)
-            _, _, fresh = pretrained.load(path, overrides)  # every subset starts from the pre-trained weights
-            scores = finetune(fresh, subset, test_split, n_classes, cfg)
+            scores = finetune(run.build(), subset, test_split, n_classes, cfg)  # each from the trained weights
             result["semisup"][f"{percent:g}"] = dict(scores, images=len(subset), subset_file=str(subset_path))
             result["seconds"][f"semisup_{percent:g}"] = time.perf_counter() - start
     write_json(result_path(path), result)

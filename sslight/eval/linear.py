@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sslight.config import LinearConfig
+from sslight.eval.sgd import fit
 from sslight.schedules import cosine
 
 
@@ -27,21 +27,17 @@ def train_linear(feature_of: Callable[[torch.Tensor], torch.Tensor], labels: tor
     batch = min(cfg.batch_size, n)
     steps_per_epoch = n // batch  # full batches only: batch norm needs more than one sample
     lr = cfg.lr * batch / 256
-    schedule = cosine(lr, 0.0, cfg.epochs * steps_per_epoch)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator).to(device)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
-            for group in opt.param_groups:
-                group["lr"] = float(schedule[step])
-            loss = F.cross_entropy(head(feature_of(idx)), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+
+    def batches():
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=generator).to(device)
+            for i in range(steps_per_epoch):
+                idx = order[i * batch:(i + 1) * batch]
+                yield feature_of(idx), labels[idx]
+
+    fit(opt, cosine(lr, 0.0, cfg.epochs * steps_per_epoch), batches(), head)
     return head.eval()
 
 

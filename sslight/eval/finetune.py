@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from loaders.pil import open_rgb, to_uint8_chw
-from sslight.augment import IMAGENET_MEAN, IMAGENET_STD
+from loaders.images import open_rgb, to_uint8_chw
 from sslight.config import Config
-from sslight.knn import extract
-from sslight.linear import topk_accuracy
+from sslight.eval.features import extract, normalised
+from sslight.eval.linear import topk_accuracy
+from sslight.eval.sgd import fit
+from sslight.precision import autocast, dtype_of
 from sslight.schedules import cosine
 
 CROP_SCALE = (0.25, 1.0)  # the usual fine-tuning augmentation: random-resized crop and flip
@@ -39,7 +37,7 @@ class TrainImages(torch.utils.data.Dataset):
 def finetune(backbone: nn.Module, train_split, test_split, n_classes: int, cfg: Config) -> dict[str, float]:
     """Fine-tunes ``backbone`` (in place) and a new linear head; top-1/top-5 on ``test_split``."""
     s, device = cfg.semisup, next(backbone.parameters()).device
-    bf16 = cfg.train.precision == "bf16"
+    dtype = dtype_of(cfg.train.precision)
     torch.manual_seed(cfg.train.seed)
     head = nn.Linear(backbone.num_features, n_classes).to(device)
     batch = min(s.batch_size, len(train_split))
@@ -47,27 +45,16 @@ def finetune(backbone: nn.Module, train_split, test_split, n_classes: int, cfg: 
         TrainImages(train_split, cfg.views.global_size), batch_size=batch, shuffle=True, drop_last=True,
         num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.train.seed))
     lr = s.lr * batch / 256
-    schedule = cosine(lr, 0.0, s.epochs * len(loader))
-    params = [*backbone.parameters(), *head.parameters()]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=s.weight_decay)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=lr, momentum=0.9, nesterov=True,
+                          weight_decay=s.weight_decay)
+
+    def logits_of(images: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return head(backbone(normalised(images, device)))
+
     backbone.train()
-    step = 0
-    for _ in range(s.epochs):
-        for images, labels in loader:
-            x = ((images.to(device).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-            for group in opt.param_groups:
-                group["lr"] = float(schedule[step])
-            with autocast():
-                logits = head(backbone(x))
-            loss = F.cross_entropy(logits.float(), labels.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    batches = ((images, labels.to(device)) for _ in range(s.epochs) for images, labels in loader)
+    fit(opt, cosine(lr, 0.0, s.epochs * len(loader)), batches, logits_of)
     feats, labels = extract(backbone, test_split, cfg.views.global_size, device, dtype, cfg.data.workers)
     with torch.no_grad():
         acc = topk_accuracy(head(feats), labels)

@@ -1,6 +1,6 @@
 """One run of a sweep, in its own process: train, evaluate, write ``result.json``.
 
-Usage (the sweep launches it): python -m sslight.sweep_run [--resume] [--linear] RUN_DIR key=value ...
+Usage (the sweep launches it): python -m sslight.sweep.run [--resume] [--linear] RUN_DIR key=value ...
 The result file is written last and atomically, so its presence means the run is finished.
 """
 
@@ -16,11 +16,10 @@ from rich.console import Console
 from loaders.datasets import DataError
 from sslight import checkpoint
 from sslight.checkpoint import write_json
-from sslight.metrics import read
-from sslight.recipes import build_config
-from sslight.train import prepare, train
-
-RESULT = "result.json"
+from sslight.eval.run import evaluate_checkpoint
+from sslight.sweep.grid import RESULT
+from sslight.train.log import read
+from sslight.train.loop import prepare, train
 
 
 def images_per_s(records: list[dict]) -> float:
@@ -31,9 +30,8 @@ def images_per_s(records: list[dict]) -> float:
 
 def run(out: Path, overrides: list[str], resume: bool, linear: bool) -> dict:
     start = time.perf_counter()
-    cfg, keys = build_config([*overrides, f"train.out={out}", f"train.resume={'auto' if resume else ''}"])
-    prepared = prepare(cfg, keys)
-    resumed = prepared.resume_from is not None
+    prepared = prepare([*overrides, f"train.out={out}", f"train.resume={'auto' if resume else ''}"])
+    cfg, resumed = prepared.cfg, prepared.resume_from is not None
     if not resumed:
         (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start: no windows of an attempt that left no checkpoint
     train(prepared, Console(stderr=True))
@@ -47,8 +45,6 @@ def run(out: Path, overrides: list[str], resume: bool, linear: bool) -> dict:
                   epochs=cfg.train.epochs, steps=last_eval["steps"], images_per_s=images_per_s(records),
                   resumed=resumed)
     if linear:
-        from sslight.evaluate import evaluate_checkpoint
-
         probe = evaluate_checkpoint(checkpoint.latest(out), [], ["linear"])["linear"]
         result.update(linear_top1=probe["top1"], linear_top5=probe["top5"])
     if prepared.device.type == "cuda":
@@ -59,7 +55,7 @@ def run(out: Path, overrides: list[str], resume: bool, linear: bool) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m sslight.sweep_run")
+    p = argparse.ArgumentParser(prog="python -m sslight.sweep.run")
     p.add_argument("out", type=Path)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     p.add_argument("--linear", action="store_true", help="also a linear probe on cached features")

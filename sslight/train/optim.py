@@ -1,9 +1,14 @@
-"""Optimisers: LARS (foreach) for CNNs, AdamW for ViTs; parameter groups; EMA."""
+"""Optimisers: LARS (foreach) for CNNs, AdamW for ViTs; parameter groups; the lr and weight decay
+schedules."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from sslight.config import Config
+from sslight.schedules import cosine
 
 
 def param_groups(modules: list[nn.Module]) -> list[dict]:
@@ -63,10 +68,10 @@ def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: floa
             group["weight_decay"] = weight_decay
 
 
-@torch.no_grad()
-def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
-    """target = momentum * target + (1 - momentum) * source, over all parameters at once."""
-    t = list(target.parameters())
-    s = list(source.parameters())
-    torch._foreach_mul_(t, momentum)
-    torch._foreach_add_(t, s, alpha=1 - momentum)
+def lr_wd_schedules(cfg: Config, steps_per_epoch: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step learning rate (linear scaling rule: base lr per 256 images of the global batch,
+    warm-up, cosine) and weight decay (cosine)."""
+    o, total = cfg.optim, cfg.train.epochs * steps_per_epoch
+    lr = o.lr * cfg.train.batch_size * world / 256
+    return (cosine(lr, o.min_lr, total, int(o.warmup_epochs * steps_per_epoch)),
+            cosine(o.weight_decay, o.weight_decay_end, total))

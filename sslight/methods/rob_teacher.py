@@ -3,7 +3,7 @@
 ``teacher.path`` is either a checkpoint of this project (``.pt``; its config names the model and
 the head dims) or a timm-format backbone (``.safetensors``) whose head and model description come
 from such a checkpoint in ``teacher.head_path``. Every problem with these files is a ConfigError,
-raised by :func:`check` before a run writes anything.
+raised by :func:`load_teacher` while the run is prepared, before it writes anything.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torch import nn
 
 from sslight import checkpoint
 from sslight.config import Config, ConfigError
-from sslight.models import DinoHead, Encoder, build_backbone
+from sslight.methods.heads import DinoHead, Encoder
+from sslight.models import build_backbone
 
-ROB_METHODS = ("rob_dino",)
 # The branch of a checkpoint that becomes the teacher: a DINO run's EMA teacher (the branch RoB
 # replaces, whose outputs were that run's targets), a RoB run's student.
 BRANCH = {"dino": "teacher.", "rob_dino": "student."}
@@ -68,9 +68,25 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], key: str, 
     module.load_state_dict(weights)
 
 
-def load_teacher(cfg: Config) -> Encoder:
-    """The frozen teacher (eval mode, no gradients) on the CPU."""
+def check_keys(cfg: Config) -> None:
+    """rob_dino without a teacher, or a .safetensors backbone without the checkpoint of its head."""
     t = cfg.teacher
+    if not t.path:
+        raise ConfigError(f"teacher.path='': method {cfg.method} needs a teacher "
+                          "(a .pt checkpoint of this project, or a .safetensors backbone with teacher.head_path)")
+    if t.path.endswith(".safetensors") and not t.head_path:
+        raise ConfigError(f"teacher.head_path='': teacher.path={t.path!r} is a timm backbone; "
+                          "the head comes from a .pt checkpoint of this project")
+    if t.head_path and not t.path.endswith(".safetensors"):
+        raise ConfigError(f"teacher.head_path={t.head_path!r}: only used with a .safetensors teacher.path; "
+                          f"{t.path!r} holds its own head")
+
+
+def load_teacher(cfg: Config) -> Encoder:
+    """The frozen teacher (eval mode, no gradients) on the CPU; every error in the teacher keys
+    or files as a one-line ConfigError."""
+    t = cfg.teacher
+    check_keys(cfg)
     timm_file = t.path.endswith(".safetensors")
     head_key, head_file = ("teacher.head_path", t.head_path) if timm_file else ("teacher.path", t.path)
     config, weights = read_checkpoint(head_key, head_file)
@@ -94,25 +110,3 @@ def load_teacher(cfg: Config) -> Encoder:
         teacher = Encoder(backbone, head)
         load_weights(teacher, weights, head_key, head_file, model)
     return teacher.requires_grad_(False).eval()
-
-
-def check(cfg: Config) -> None:
-    """Every teacher error before the run starts: teacher keys without rob_dino, rob_dino without a
-    teacher, unreadable or unfitting files, mismatched head dims."""
-    t = cfg.teacher
-    if cfg.method not in ROB_METHODS:
-        for key, value in (("teacher.path", t.path), ("teacher.head_path", t.head_path)):
-            if value:
-                raise ConfigError(f"{key}={value!r}: only {', '.join(ROB_METHODS)} uses a teacher; "
-                                  f"method is {cfg.method}")
-        return
-    if not t.path:
-        raise ConfigError(f"teacher.path='': method {cfg.method} needs a teacher "
-                          "(a .pt checkpoint of this project, or a .safetensors backbone with teacher.head_path)")
-    if t.path.endswith(".safetensors") and not t.head_path:
-        raise ConfigError(f"teacher.head_path='': teacher.path={t.path!r} is a timm backbone; "
-                          "the head comes from a .pt checkpoint of this project")
-    if t.head_path and not t.path.endswith(".safetensors"):
-        raise ConfigError(f"teacher.head_path={t.head_path!r}: only used with a .safetensors teacher.path; "
-                          f"{t.path!r} holds its own head")
-    load_teacher(cfg)

@@ -6,7 +6,6 @@ keys -> a line per key, each point the mean over the other keys' values.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -16,8 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sslight.grid import Axis  # noqa: E402
-from sslight.sweep_run import RESULT  # noqa: E402
+from sslight.sweep.grid import RESULT, Axis  # noqa: E402
+from sslight.table import Table  # noqa: E402
 
 METRICS = ("knn_top1", "linear_top1", "linear_top5", "images_per_s", "wall_min")
 
@@ -32,18 +31,6 @@ def rows(axes: list[Axis], runs) -> list[dict]:
         row["status"] = "resumed" if result.get("resumed") else ("done" if result else "failed")
         table.append(row)
     return table
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
-
-
-def markdown(table: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in table]
-    return "\n".join(lines) + "\n"
 
 
 def _mean(values: list) -> float:
@@ -90,13 +77,13 @@ def report(axes: list[Axis], runs, out: Path) -> None:
     if any(r["linear_top1"] is not None for r in table):
         columns += ["linear_top1", "linear_top5"]
     columns += ["images_per_s", "wall_min", "status"]
-    text = markdown(table, columns)
+    results = Table("", columns, number=".1f")
+    for row in table:
+        results.add(*(row[c] for c in columns))
+    text = results.markdown() + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text)
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    results.write_csv(out / "results.csv")
     print(text, end="", flush=True)
     for path in plot(axes, table, out):
         print(f"plot: {path}", flush=True)

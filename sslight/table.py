@@ -1,4 +1,5 @@
-"""One result table per benchmark: markdown on stdout, CSV and a horizontal bar chart on disk."""
+"""A result table, as the sweeps and the benchmarks report them: markdown on stdout, CSV and a
+horizontal bar chart on disk."""
 
 from __future__ import annotations
 
@@ -6,23 +7,34 @@ import csv
 from pathlib import Path
 
 
+def default_cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
 class Table:
-    def __init__(self, title: str, columns: list[str]):
-        self.title, self.columns, self.rows = title, columns, []
+    """Rows of values under ``columns``; a float cell is written by ``number`` (by default whole
+    numbers from 100 up, two decimals below), a missing one (None) as "-"."""
+
+    def __init__(self, title: str, columns: list[str], number: str | None = None):
+        self.title, self.columns, self.rows, self.number = title, columns, [], number
 
     def add(self, *values) -> None:
         assert len(values) == len(self.columns), (values, self.columns)
         self.rows.append(values)
 
-    @staticmethod
-    def _cell(v) -> str:
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
-        return str(v)
+    def _cell(self, v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float) and self.number:
+            return format(v, self.number)
+        return default_cell(v)
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
-                 "| " + " | ".join("---:" if isinstance(v, float) else "---" for v in self.rows[0]) + " |"]
+        lines = [f"**{self.title}**", ""] if self.title else []
+        lines += ["| " + " | ".join(self.columns) + " |",
+                  "| " + " | ".join("---:" if isinstance(v, float) else "---" for v in self.rows[0]) + " |"]
         lines += ["| " + " | ".join(self._cell(v) for v in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
@@ -40,7 +52,8 @@ class Table:
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(self.columns)
-            w.writerows([[f"{v:.4g}" if isinstance(v, float) else v for v in row] for row in self.rows])
+            w.writerows([["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in row]
+                         for row in self.rows])
 
     def bar_chart(self, path: str | Path, value: str, labels: list[str]) -> None:
         """One horizontal bar per row: ``value`` against the row's ``labels`` columns joined."""

@@ -2,7 +2,7 @@
 synthetic loader (no I/O: the model's bound), then end to end with each real loader, giving
 loader efficiency = real / synthetic images/s and the data-wait share of step time.
 
-Usage: python -m benchmarks.train [--models mnv2] [--methods dino] [--modes fp32_eager]
+Usage: python -m benchmarks.train_speed [--models mnv2] [--methods dino] [--modes fp32_eager]
        [--loaders pil nvjpeg dali ffcv] [--windows 3] [--log-every 5] [--out runs/bench/train]
        [--csv out.csv] [key=value ...]
 Each run is ``python -m sslight train --steps N``; figures are the mean of the logged windows
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import Table
 from loaders.registry import missing
 from sslight.cli import main as cli_main
-from sslight.metrics import read
+from sslight.table import Table
+from sslight.train.log import read
 
 MODES = {
     "fp32_eager": ["train.precision=fp32", "train.compile=false"],

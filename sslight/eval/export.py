@@ -21,8 +21,8 @@ import timm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sslight import pretrained
 from sslight.config import ConfigError
+from sslight.eval import trained
 from sslight.models import BACKBONES, build_backbone, timm_kwargs
 
 
@@ -38,7 +38,7 @@ def direct(spec: dict) -> bool:
 def timm_call(spec: dict, path: Path) -> str:
     """The Python line that rebuilds the exported backbone."""
     if not direct(spec):
-        return f"sslight.export.load_timm({str(path)!r})"
+        return f"sslight.eval.export.load_timm({str(path)!r})"
     kwargs = "".join(f", {k}={v!r}" for k, v in spec["kwargs"].items())
     return (f"timm.create_model({spec['timm_name']!r}, pretrained=True, "
             f"pretrained_cfg_overlay=dict(file={str(path)!r}), num_classes=0{kwargs})")
@@ -46,7 +46,8 @@ def timm_call(spec: dict, path: Path) -> str:
 
 def export(ckpt: str | Path, out: str | Path | None = None) -> tuple[Path, dict]:
     """Writes ``<checkpoint>.backbone.safetensors`` (or ``out``) and its ``.json`` sidecar."""
-    path, cfg, backbone = pretrained.load(ckpt, ["train.device=cpu"])
+    run = trained.load(ckpt, ["train.device=cpu"])
+    path, cfg, backbone = run.path, run.cfg, run.build()
     out = Path(out) if out else path.with_suffix(".backbone.safetensors")
     if out.suffix != ".safetensors":
         raise ConfigError(f"EXPORT_OUT={str(out)!r}: expected a .safetensors file name")

@@ -1,7 +1,7 @@
 """Device-side photometric augmentation (sslight.augment) against the same ops done per view
 with PIL, as the original SSLight data path does them, side by side in one run.
 
-Usage: python -m benchmarks.augment [--recipe sslight_cnn] [--batch 64] [--repeats 5] [--csv out.csv]
+Usage: python -m benchmarks.augment_speed [--recipe sslight_cnn] [--batch 64] [--repeats 5] [--csv out.csv]
 Rows: milliseconds per image (all views of the recipe) and images/s, per view group and for the
 whole image, on the CPU and on CUDA when there is one; the PIL row runs in this one process.
 """
@@ -14,14 +14,15 @@ import time
 import torch
 from PIL import Image
 
-from benchmarks.loaders import RECIPES, original_photometric
-from benchmarks.report import Table
-from sslight.augment import Photometric, method_photometry
+from benchmarks.loader_speed import RECIPES, original_photometric
+from sslight.augment import Photometric
+from sslight.methods import METHODS
+from sslight.table import Table
 
 
 def device_seconds(groups, batch: int, device: torch.device, repeats: int) -> list[float]:
     """Seconds per batch for each view group, best of ``repeats`` after one warm-up."""
-    photometric = Photometric(method_photometry("dino", groups[0].n, groups[1].n), groups[0].size, device,
+    photometric = Photometric(METHODS["dino"].photometry(groups[0].n, groups[1].n), groups[0].size, device,
                               torch.float32)
     generator = torch.Generator(device=device).manual_seed(0)
     first = [0, groups[0].n]

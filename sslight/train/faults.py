@@ -138,11 +138,20 @@ class StopSignals:
         return int(distributed.max_across_ranks(torch.tensor(self.signum, device=self.device)).item())
 
 
-def poison_from_env(views: list[torch.Tensor], step: int) -> list[torch.Tensor]:
-    """Fault injection for the tests: SSLIGHT_FAULT_NAN_STEPS=3,5 turns the global views of
-    those steps (counted from 1) into NaN, so the forward pass, the loss and the state it
-    updates go non-finite as they would on real bad numerics."""
+def poisoned_from_env(augment):
+    """Fault injection for the tests: with SSLIGHT_FAULT_NAN_STEPS=3,5, ``augment`` (a callable of
+    (batch, step)) turns the global views of those steps (counted from 1) into NaN, so the forward
+    pass, the loss and the state it updates go non-finite as they would on real bad numerics.
+    Unset, ``augment`` itself: the hook costs nothing."""
     steps = os.environ.get("SSLIGHT_FAULT_NAN_STEPS")
-    if not steps or step not in {int(s) for s in steps.split(",")}:
-        return views
-    return [torch.full_like(views[0], float("nan")), *views[1:]]
+    if not steps:
+        return augment
+    bad = {int(s) for s in steps.split(",")}
+
+    def poisoned(batch, step: int) -> list[torch.Tensor]:
+        views = augment(batch, step)
+        if step + 1 not in bad:
+            return views
+        return [torch.full_like(views[0], float("nan")), *views[1:]]
+
+    return poisoned

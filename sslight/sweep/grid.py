@@ -1,4 +1,5 @@
-"""Sweep grids: ``"views.local_size=96,128 loss.alpha=auto,0.4"`` -> one override list per run.
+"""A sweep's grid and the runs it plans: ``"views.local_size=96,128 loss.alpha=auto,0.4"`` -> one
+override list per run, each in its own folder.
 
 Keys are separated by spaces, a key's values by commas; a pair value (``views.global_scale``)
 is written ``min:max``, e.g. ``views.global_scale=0.14:1.0,0.3:1.0``.
@@ -7,13 +8,18 @@ is written ``min:max``, e.g. ``views.global_scale=0.14:1.0,0.3:1.0``.
 from __future__ import annotations
 
 import itertools
+import json
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
-from sslight.config import ConfigError, Config, all_keys, apply_overrides, _closest
+from sslight.config import ConfigError, all_keys, _closest
+from sslight.recipes import SHORT, build_config, parse
 
 PAIR_SEPARATOR = ":"
 NOT_SWEPT = ("train.out", "train.resume")  # the sweep sets these for every run
+RESULT = "result.json"  # written last by a run (sweep/run.py): its presence means the run finished
+OVERRIDES = "overrides.json"  # written at launch: a re-run with other settings must not reuse the folder
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ def _check_value(key: str, value: str) -> None:
                               f"and separate values by commas, {example}")
     elif PAIR_SEPARATOR in value:
         raise ConfigError(f"sweep {key}: value {value!r} has ':', which only pair keys take ({example})")
-    apply_overrides(Config(), [override(key, value)])  # type, choice and key errors, one line each
+    parse([override(key, value)])  # type, choice and key errors, one line each
 
 
 def parse_grid(spec: str) -> list[Axis]:
@@ -78,3 +84,41 @@ def points(axes: list[Axis]) -> list[dict[str, str]]:
 def run_name(point: dict[str, str]) -> str:
     """The folder name of one run, readable and unique within the grid."""
     return "__".join(f"{key}={value}" for key, value in point.items())
+
+
+@dataclass
+class Planned:
+    name: str
+    point: dict[str, str]
+    overrides: list[str]
+    out: Path
+
+    @property
+    def finished(self) -> bool:
+        return (self.out / RESULT).exists()
+
+    @property
+    def started(self) -> bool:
+        return (self.out / OVERRIDES).exists()
+
+
+def plan(axes: list[Axis], base: list[str], out: Path) -> list[Planned]:
+    """Every run of the grid with its overrides (the short schedule, then ``base``, then the
+    swept values), all checked before anything runs."""
+    swept = {a.key for a in axes}
+    for item in base:
+        key = item.split("=", 1)[0].strip()
+        if key in swept:
+            raise ConfigError(f"{key} is both swept (SWEEP) and set ({item!r}); set it in one place")
+        if key in NOT_SWEPT:
+            raise ConfigError(f"{item!r}: a sweep sets {key} per run; use the sweep's OUT and RESUME")
+    runs = []
+    for point in points(axes):
+        overrides = [*SHORT, *base, *(override(k, v) for k, v in point.items())]
+        build_config(overrides)  # bad values stop the sweep before any run starts
+        name = run_name(point)
+        runs.append(Planned(name, point, overrides, out / name))
+    for r in runs:
+        if r.started and json.loads((r.out / OVERRIDES).read_text()) != r.overrides:
+            raise ConfigError(f"{r.out} holds a run with other settings; choose another OUT for this sweep")
+    return runs

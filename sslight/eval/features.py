@@ -1,0 +1,104 @@
+"""Frozen backbone features: extracted from centre crops, and cached beside the checkpoint.
+
+A cache file is named by a digest of everything its content depends on: the checkpoint's bytes,
+the split's files and labels, the image size, the flip, and the forward precision. Another
+checkpoint or dataset gives another name, so a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from loaders.images import open_rgb, to_uint8_chw
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD
+from sslight.checkpoint import save_atomic
+from sslight.precision import autocast
+
+RESIZE_RATIO = 256 / 224  # resize then centre-crop, the usual evaluation geometry
+
+
+class EvalImages(torch.utils.data.Dataset):
+    """Centre crops (optionally mirrored) as uint8 CHW tensors, with their labels."""
+
+    def __init__(self, split, size: int, flip: bool = False):
+        self.split, self.size, self.flip = split, size, flip
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        image = open_rgb(self.split.files[i])
+        if image.size != (self.size, self.size):
+            short = round(self.size * RESIZE_RATIO)
+            scale = short / min(image.size)
+            image = image.resize((max(short, round(image.width * scale)), max(short, round(image.height * scale))),
+                                 Image.BICUBIC)
+            left, top = (image.width - self.size) // 2, (image.height - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+        if self.flip:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_uint8_chw(image), self.split.labels[i]
+
+
+def normalised(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> ImageNet-normalised float32 on ``device``, channels-last."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return ((images.to(device).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def extract(backbone, split, size: int, device, dtype, workers: int, batch: int = 256, flip: bool = False):
+    """Backbone features (N, D) in float32 and labels (N,) for every image of ``split``."""
+    loader = torch.utils.data.DataLoader(EvalImages(split, size, flip), batch_size=batch, num_workers=workers)
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    for images, y in loader:
+        with autocast(device, dtype):
+            feats.append(backbone(normalised(images, device)).float())
+        labels.append(y.to(device))
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_digest(split) -> str:
+    h = hashlib.sha256()
+    for f, label in zip(split.files, split.labels):
+        h.update(f"{f}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, ckpt: Path, backbone, size: int, device, dtype, workers: int):
+        self.folder = ckpt.parent / "features"
+        self.stem, self.ckpt_digest = ckpt.stem, file_digest(ckpt)
+        self.backbone, self.size, self.device, self.dtype, self.workers = backbone, size, device, dtype, workers
+
+    def path(self, split, flip: bool) -> Path:
+        key = "|".join([self.ckpt_digest, split_digest(split), str(self.size), str(flip), str(self.dtype)])
+        return self.folder / f"{self.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+    def get(self, split, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (N, D) float32, labels (N,)) on the device, from the cache when it has them."""
+        path = self.path(split, flip)
+        if path.exists():
+            saved = torch.load(path, map_location=self.device)
+            return saved["features"].float(), saved["labels"]
+        feats, labels = extract(self.backbone, split, self.size, self.device, self.dtype, self.workers, flip=flip)
+        self.folder.mkdir(exist_ok=True)
+        # stored in the forward's precision: bf16 outputs lose nothing, fp32 ones stay exact
+        save_atomic(dict(features=feats.to(self.dtype).cpu(), labels=labels.cpu()), path)
+        return feats, labels

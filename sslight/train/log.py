@@ -1,0 +1,104 @@
+"""What a run reports: ``metrics.jsonl`` (and TensorBoard when installed), the live progress bar,
+and the per-rank trace that checks data-parallel runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+
+class MetricsLog:
+    """One JSON object per line in ``metrics.jsonl``."""
+
+    def __init__(self, out: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, kind: str, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        record = dict(kind=kind, step=step, time=round(time.time(), 3), **values)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def epoch_bar(console: Console) -> Progress:
+    """The per-epoch progress bar: loss, lr, images/s, data-wait %, ETA."""
+    return Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[ips]} img/s  "
+                   "data-wait {task.fields[wait]}%"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class Tracer:
+    """SSLIGHT_TRACE_DIR=dir writes dir/rank<R>.jsonl with, per step, the sample indices of the
+    batch and digests of the parameters and of the method's own state (DINO centre, queues).
+    Replicas in sync have equal digests at every step; costs a host copy of the model per step."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def write(self, step: int, batch, method: nn.Module) -> None:
+        record = dict(step=step, indices=batch.indices.tolist(), params=digest(method.parameters()),
+                      state=digest(b for _, b in sorted(method.named_buffers(recurse=False))))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def traced_from_env(step, method: nn.Module, rank: int):
+    """``step`` (a callable of (batch, ctx)), writing the trace after each call when
+    SSLIGHT_TRACE_DIR is set; ``step`` itself otherwise, so tracing costs nothing when off."""
+    folder = os.environ.get("SSLIGHT_TRACE_DIR")
+    if not folder:
+        return step
+    tracer = Tracer(Path(folder) / f"rank{rank}.jsonl")
+
+    def traced(batch, ctx):
+        result = step(batch, ctx)
+        tracer.write(ctx.step + 1, batch, method)
+        return result
+
+    return traced

@@ -1,0 +1,295 @@
+"""The training loop, in the shape of DINO's ``main_dino.py``: :func:`prepare` resolves and checks
+everything and writes nothing; :func:`train` builds the run's parts, resumes, then runs
+:func:`train_one_epoch` until the run is done. One optimiser step is ``train/step.py``."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from loaders import Loader, build_loader, view_groups
+from loaders.datasets import Dataset, load_dataset, probe_image_size
+from loaders.registry import missing as missing_loader
+from sslight import checkpoint, config as config_mod, distributed, recipes
+from sslight.augment import Photometric
+from sslight.config import AUTO, Config, ConfigError
+from sslight.eval.knn import knn_evaluation
+from sslight.methods import METHODS, Method, method_inputs
+from sslight.models import build_backbone
+from sslight.precision import dtype_of
+from sslight.train import faults
+from sslight.train.faults import NonFiniteGuard
+from sslight.train.log import MetricsLog, epoch_bar, traced_from_env
+from sslight.train.optim import build_optimizer, lr_wd_schedules, param_groups
+from sslight.train.probe import JointProbe
+from sslight.train.state import Position, TrainState
+from sslight.train.step import Schedules, Step, seeded_augment
+
+
+@dataclass
+class Run:
+    """A prepared run: its resolved config and checked inputs; nothing written yet."""
+
+    cfg: Config
+    dataset: Dataset
+    device: torch.device
+    out: Path
+    resume_from: Path | None
+    dist: distributed.Dist = field(default_factory=distributed.Dist)
+    method_inputs: dict = field(default_factory=dict)  # what the method read from files (RoB's teacher)
+
+
+def prepare(overrides: list[str], base: dict | None = None) -> Run:
+    """Resolve the config (``base``: a saved config's values, under the overrides) and check every
+    input; writes nothing in the output folder."""
+    request = recipes.parse(overrides, base)
+    cfg = recipes.resolve(request, recipes.Machine.here(), probe_image_size(request.cfg.data.path))
+    install_hint = missing_loader(cfg.data.loader)
+    if install_hint:
+        raise ConfigError(f"data.loader={cfg.data.loader!r}: not installed here; {install_hint}")
+    dist, device = distributed.init(cfg.train.device)
+    with distributed.rank0_first(dist):  # rank 0 prepares the dataset and its caches once
+        dataset = load_dataset(cfg.data.path)
+    if cfg.train.sync_bn and dist.world > 1 and device.type != "cuda":
+        raise ConfigError("train.sync_bn=true: SyncBatchNorm needs CUDA devices; allowed on CPU: false")
+    per_rank = len(dataset.train.subset(cfg.data.limit, cfg.train.seed)) // dist.world
+    if per_rank < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images"
+                          + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
+    out = Path(cfg.train.out)
+    resume_from = distributed.broadcast_object(resume_checkpoint(cfg, out), dist)  # rank 0's choice
+    return Run(cfg, dataset, device, out, resume_from, dist, method_inputs(cfg))
+
+
+def resume_checkpoint(cfg: Config, out: Path) -> Path | None:
+    if cfg.train.resume == AUTO:
+        return checkpoint.latest(out) if out.is_dir() else None
+    if not cfg.train.resume:
+        return None
+    path = Path(cfg.train.resume)
+    if not path.is_file():
+        raise ConfigError(f"train.resume={cfg.train.resume!r}: no such checkpoint file")
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_method(cfg: Config, device: torch.device, inputs: dict) -> Method:
+    backbone = build_backbone(cfg.model.name, cfg.model.small_stem, cfg.views.global_size)
+    method = METHODS[cfg.method](cfg, backbone, cfg.views.n_global, cfg.views.n_local, **inputs)
+    if cfg.train.sync_bn:
+        method = distributed.convert_sync_bn(method)
+    method = method.to(device, memory_format=torch.channels_last)
+    if cfg.train.compile:
+        # compiled per resolution group: each backbone sees exactly two static shapes
+        for module in method.modules():
+            if module is not method and hasattr(module, "backbone"):
+                module.backbone.compile(dynamic=False)
+    return method
+
+
+@dataclass
+class Parts:
+    """What training is made of, built once per run by :func:`build`."""
+
+    state: TrainState
+    loader: Loader
+    step: Step  # called as step(batch, ctx); wrapped by the trace hook when that is on
+    schedules: Schedules
+    steps_per_epoch: int
+    max_steps: int
+
+
+def build(run: Run) -> Parts:
+    cfg, t, device, dist = run.cfg, run.cfg.train, run.device, run.dist
+    dtype = dtype_of(t.precision)
+    method = build_method(cfg, device, run.method_inputs)
+    loader = build_loader(cfg.data.loader, run.dataset.train.subset(cfg.data.limit, t.seed), view_groups(cfg.views),
+                          t.batch_size, t.seed, device, cfg.data.workers, dist.rank, dist.world)
+    steps_per_epoch = loader.batches_per_epoch()
+    total = t.epochs * steps_per_epoch
+    schedules = Schedules(*lr_wd_schedules(cfg, steps_per_epoch, dist.world),
+                          METHODS[cfg.method].schedules(cfg, total, steps_per_epoch))
+    optimizer = build_optimizer(cfg.optim.name, param_groups(method.trainable()), cfg.optim.momentum,
+                                cfg.optim.eta, device)
+    n_classes = len(run.dataset.classes)
+    probe = JointProbe(method.backbone.num_features, n_classes, cfg.probe.lr, device, dist, dtype) \
+        if cfg.probe.enabled and n_classes else None
+    photometric = Photometric(METHODS[cfg.method].photometry(cfg.views.n_global, cfg.views.n_local),
+                              cfg.views.global_size, device, dtype)
+    augment = faults.poisoned_from_env(seeded_augment(photometric, t.seed, device))
+    guard = NonFiniteGuard(t.skip_nonfinite, device)
+    step = Step(method, distributed.wrap(method, dist), optimizer, schedules, augment, guard, probe,
+                cfg.optim.clip_grad, dtype)
+    return Parts(TrainState(method, optimizer, probe, guard), loader, traced_from_env(step, method, dist.rank),
+                 schedules, steps_per_epoch, t.steps or total)
+
+
+def train(run: Run, console: Console | None = None) -> dict:
+    """Train; SIGTERM or Ctrl-C ends it with a checkpoint at the current step and raises
+    :class:`faults.Interrupted`. Returns the last epoch's record."""
+    console = console or Console(stderr=True, quiet=not run.dist.main)
+    with faults.StopSignals(run.device) as signals:
+        write_run_files(run, console)
+        seed_everything(run.cfg.train.seed)
+        parts = build(run)
+        at = Position()
+        if run.resume_from is not None:
+            at = parts.state.restore(run.resume_from, run.device)
+            console.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}")
+        log = MetricsLog(run.out, enabled=run.dist.main)
+        summary: dict = dict(out=str(run.out))
+        try:
+            while at.epoch < run.cfg.train.epochs and at.step < parts.max_steps:
+                loss_sum, interrupted = train_one_epoch(run, parts, at, log, signals, console)
+                summary.update(end_epoch(run, parts, at, loss_sum, interrupted, log, console))
+        finally:
+            log.close()
+    if run.dataset.test is None:
+        console.print("evaluation skipped: the dataset has no labelled test/val split")
+    return summary
+
+
+def write_run_files(run: Run, console: Console) -> None:
+    """The resolved config (every auto value filled in) and the list of excluded files, by rank 0."""
+    if not run.dist.main:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    tmp = run.out / ".config.json.tmp"
+    tmp.write_text(json.dumps(config_mod.to_dict(run.cfg), indent=2) + "\n")
+    tmp.replace(run.out / "config.json")
+    if run.dataset.excluded:
+        listing = run.out / "excluded_files.txt"
+        listing.write_text("".join(f"{f}\t{r}\n" for f, r in sorted(run.dataset.excluded.items())))
+        console.print(f"[yellow]warning: excluded {len(run.dataset.excluded)} unreadable files; list in {listing}")
+
+
+def train_one_epoch(run: Run, parts: Parts, at: Position, log: MetricsLog, signals: faults.StopSignals,
+                    console: Console) -> tuple[torch.Tensor, int]:
+    """The rest of epoch ``at.epoch``, or up to the step limit or a stop signal, moving ``at``.
+    Returns the epoch's summed loss and the signal that stopped it (0 if none)."""
+    t, state = run.cfg.train, parts.state
+    state.method.train()
+    if state.probe is not None:
+        state.probe.start_epoch()
+    resumed = at.batch_in_epoch > 0
+    if not resumed:
+        state.guard.skipped_in_epoch = 0
+    loss_sum = torch.full((), at.epoch_loss_sum if resumed else 0.0, device=run.device, dtype=torch.float64)
+    window, interrupted = Window(run.device), 0
+    shown = dict(loss="-", lr="-", ips="-", wait="-")
+    with epoch_bar(console) as bar:
+        task = bar.add_task("train", total=parts.steps_per_epoch, completed=at.batch_in_epoch, epoch=at.epoch,
+                            **shown)
+        for batch in window.timed(parts.loader.epoch(at.epoch, at.batch_in_epoch)):
+            loss, skipped = parts.step(batch, parts.schedules.context(at.epoch, at.step))
+            if skipped:
+                console.print(f"[yellow]warning: {skipped}")
+                window.skipped += 1
+            else:
+                loss_sum += loss
+                window.loss += loss
+            at.step, at.batch_in_epoch, window.steps = at.step + 1, at.batch_in_epoch + 1, window.steps + 1
+            log_now = (at.step % t.log_every == 0 or at.batch_in_epoch == parts.steps_per_epoch
+                       or at.step >= parts.max_steps)
+            if log_now:
+                shown = log_window(run, parts, at, window, batch.size, log) or shown
+            bar.update(task, advance=1, **shown)
+            interrupted = signals.requested(sync_point=log_now)
+            if (t.ckpt_every and at.step % t.ckpt_every == 0 and at.batch_in_epoch < parts.steps_per_epoch
+                    and not interrupted):
+                state.save(run.cfg, run.out, run.dist, at.epoch, at.step, at.batch_in_epoch, loss_sum)
+            if at.step >= parts.max_steps or interrupted:
+                break
+    return loss_sum, interrupted
+
+
+class Window:
+    """The steps since the last log line: their summed loss (on the device, read only at log
+    steps), how many there were and were skipped, and the time spent waiting for data."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.skipped, self.wait = time.perf_counter(), 0, 0, 0.0
+        self.loss.zero_()
+
+    def timed(self, batches):
+        """``batches``, adding the time each one took to arrive to the data wait."""
+        batches = iter(batches)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.wait += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+
+def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size: int,
+               log: MetricsLog) -> dict | None:
+    """Writes the window's record (the one host sync of a log step) and starts the next window;
+    returns what the progress bar shows, or None when every step of the window was skipped."""
+    trained, shown = window.steps - window.skipped, None
+    if trained:
+        parts.state.guard.check(at.epoch)  # raises on a non-finite loss since the last check
+        loss = (distributed.mean_across_ranks(window.loss) / trained).item()  # averaged over ranks
+        elapsed = time.perf_counter() - window.start
+        ips = window.steps * batch_size * run.dist.world / elapsed
+        wait = 100 * window.wait / elapsed
+        lr = float(parts.schedules.lr[at.step - 1])
+        shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ips=f"{ips:.0f}", wait=f"{wait:.0f}")
+        log.write("train", at.step, epoch=at.epoch, loss=loss, lr=lr, images_per_s=ips, data_wait_pct=wait)
+    window.reset()
+    return shown
+
+
+def end_epoch(run: Run, parts: Parts, at: Position, loss_sum: torch.Tensor, interrupted: int, log: MetricsLog,
+              console: Console) -> dict:
+    """The epoch's record, its checkpoint and, when due, its evaluation; after a stop signal,
+    raises :class:`faults.Interrupted` once the checkpoint is written."""
+    cfg, state = run.cfg, parts.state
+    trained = max(at.batch_in_epoch - state.guard.skipped_in_epoch, 1)
+    record = dict(epoch=at.epoch, loss=(distributed.mean_across_ranks(loss_sum) / trained).item(), steps=at.step)
+    probe_top1 = state.probe.train_top1() if state.probe is not None else None
+    if probe_top1 is not None:
+        record["probe_train_top1"] = probe_top1
+    finished = at.batch_in_epoch == parts.steps_per_epoch
+    saved = state.save(cfg, run.out, run.dist, at.epoch + 1 if finished else at.epoch, at.step,
+                       0 if finished else at.batch_in_epoch, torch.zeros_like(loss_sum) if finished else loss_sum)
+    if interrupted:
+        log.write("epoch", at.step, **record)
+        distributed.barrier()  # no rank exits (and so no launcher kills rank 0) before the checkpoint is written
+        raise faults.Interrupted(interrupted, f"stopped by {signal.Signals(interrupted).name} at step {at.step}; "
+                                 f"checkpoint {saved}; continue with --resume auto")
+    last = at.step >= parts.max_steps or at.epoch + 1 == cfg.train.epochs
+    due = (cfg.eval.every and (at.epoch + 1) % cfg.eval.every == 0) or last
+    if run.dataset.test is not None and run.dist.main and due:
+        record.update(evaluate(run, parts))
+    log.write("epoch", at.step, **record)
+    console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    at.epoch, at.batch_in_epoch, at.epoch_loss_sum = at.epoch + 1, 0, 0.0
+    return record
+
+
+def evaluate(run: Run, parts: Parts) -> dict:
+    """kNN top-1 of the student backbone on the test split, and the joint probe's top-1."""
+    top1, queries, labels = knn_evaluation(parts.state.method.backbone, run.dataset, run.cfg, run.device)
+    result = dict(knn_top1=top1)
+    if parts.state.probe is not None:
+        result["probe_top1"] = parts.state.probe.top1(queries, labels)
+    return result

@@ -1,0 +1,66 @@
+"""What a checkpoint of a run holds, and how a run resumes from it, so that a resumed run equals
+an uninterrupted one (tests/test_train.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sslight import checkpoint, config as config_mod, distributed
+from sslight.config import Config
+from sslight.methods import Method
+from sslight.train.faults import NonFiniteGuard, TrainingStopped
+from sslight.train.probe import JointProbe
+
+
+@dataclass
+class Position:
+    """Where training stands: the epoch, the global step, the batches of this epoch already
+    trained, and their summed loss (so the mean loss of a resumed epoch stays exact)."""
+
+    epoch: int = 0
+    step: int = 0
+    batch_in_epoch: int = 0
+    epoch_loss_sum: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint saves beside the position."""
+
+    method: Method
+    optimizer: torch.optim.Optimizer
+    probe: JointProbe | None
+    guard: NonFiniteGuard
+
+    def save(self, cfg: Config, out: Path, dist: distributed.Dist, epoch: int, step: int, batch_in_epoch: int,
+             epoch_loss_sum: torch.Tensor) -> Path | None:
+        """Rank 0 writes; every rank takes part in the checks before it (collectives)."""
+        self.guard.check(epoch)  # raises before a non-finite update could be saved
+        loss_sum = distributed.mean_across_ranks(epoch_loss_sum).item()
+        if not dist.main:
+            return None
+        state = dict(method=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
+                     **(self.probe.state_dict() if self.probe is not None else dict(probe=None, probe_opt=None)),
+                     epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, epoch_loss_sum=loss_sum,
+                     skipped_in_epoch=self.guard.skipped_in_epoch if batch_in_epoch else 0,
+                     rng=dict(torch=torch.get_rng_state()), config=config_mod.to_dict(cfg))
+        try:
+            return checkpoint.save(state, out, epoch, step)
+        except OSError as exc:
+            previous = checkpoint.latest(out)
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
+            raise TrainingStopped(f"checkpoint at step {step} not written: {exc.strerror or exc} "
+                                  f"({out}); {kept}") from exc
+
+    def restore(self, path: Path, device: torch.device) -> Position:
+        state = checkpoint.load(path, device)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.probe is not None and state.get("probe"):
+            self.probe.load_state_dict(state)
+        self.guard.skipped_in_epoch = state.get("skipped_in_epoch", 0)
+        torch.set_rng_state(state["rng"]["torch"])
+        return Position(state["epoch"], state["step"], state["batch_in_epoch"], state["epoch_loss_sum"])
