@@ -18,8 +18,9 @@ from sslight.train.loop import build_method, prepare, seed_everything
 
 
 def knn_at_init(overrides: list[str]) -> float:
-    """kNN top-1 of the run's backbone as training would initialise it (same seed)."""
-    run = prepare(overrides)
+    """kNN top-1 of the run's backbone as training would initialise it (same seed). Prepared only
+    to build it: nothing is written, so whatever its folder holds may stay (train.overwrite)."""
+    run = prepare([*overrides, "train.overwrite=true"])
     seed_everything(run.cfg.train.seed)
     method = build_method(run.cfg, run.device, run.method_inputs)
     return knn_evaluation(method.backbone, run.dataset, run.cfg, run.device)[0]
@@ -38,7 +39,7 @@ def main() -> None:
         before = knn_at_init(overrides)
         out = f"runs/learning/{method}"
         start = time.time()
-        cli_main(["train", "--out", out, *overrides])
+        cli_main(["train", "--out", out, "train.overwrite=true", *overrides])
         minutes = (time.time() - start) / 60
         after = [r for r in read(Path(out) / "metrics.jsonl") if r["kind"] == "epoch"][-1]
         print(f"| {method} | {args.model} | {before:.1f} | {after['knn_top1']:.1f} | "

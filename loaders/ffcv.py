@@ -6,11 +6,19 @@ FFCV cannot decode an image once for many views: each view's decoder decodes the
 so 8 views cost 8 decodes (the loader benchmark shows the price). Randomness: the epoch order
 is FFCV's seeded RANDOM order (reproducible per (seed, epoch)); the crops draw from numba's
 global RNG, so views are not keyed per sample. Ranks take disjoint fixed shards of the indices.
+
+Stored size: FFCV sizes every decode buffer for the largest image in the .beton (for each view,
+batch and batch in flight), so one 6000x6000 photo makes the loader map tens of GB. Images are
+stored with their longer side at most :func:`max_side` of the recipe: the side at which the
+smallest crop a view can cut still has a source pixel per output pixel on a square image, so no
+view loses resolution (661 px for the SSLight CNN recipe, 692 for the baseline; CIFAR-10's 32 px
+images are stored as they are).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -64,16 +72,24 @@ class _Images:
         return np.asarray(open_rgb(self.split.files[i])), self.split.labels[i], i
 
 
-def beton_for(split, workers: int) -> Path:
-    """The split's .beton, written on first use (atomically) and reused while the files are unchanged."""
+def max_side(groups) -> int:
+    """The longest image side worth storing for views ``groups``: a crop of the smallest scale and
+    the narrowest aspect ratio from a square image of this side is as wide as the view."""
+    return max(math.ceil(g.size / math.sqrt(g.scale[0] * min(g.ratio[0], 1 / g.ratio[1]))) for g in groups)
+
+
+def beton_for(split, workers: int, longest_side: int) -> Path:
+    """The split's .beton, images at most ``longest_side`` on their longer side, written on first use
+    (atomically) and reused while the files are unchanged."""
     ff = _import_ffcv()
     labels = hashlib.sha1(np.asarray(split.labels, np.int64).tobytes()).hexdigest()[:12]
-    path = data_root() / "ffcv" / f"{files_key(split.files)}-{labels}.beton"
+    path = data_root() / "ffcv" / f"{files_key(split.files)}-{labels}-max{longest_side}.beton"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fields = {"image": ff["RGBImageField"](write_mode="jpg", jpeg_quality=95), "label": ff["IntField"](),
+    fields = {"image": ff["RGBImageField"](write_mode="jpg", jpeg_quality=95, max_resolution=longest_side),
+              "label": ff["IntField"](),
               "index": ff["IntField"]()}
     ff["DatasetWriter"](str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(_Images(split))
     tmp.replace(path)
@@ -101,7 +117,7 @@ class FfcvLoader:
         pipelines["index"] = [ff["IntDecoder"](), ff["ToTensor"]()]
         threads = torch.get_num_threads()
         self.loader = ff["Loader"](
-            str(beton_for(split, workers)), batch_size=batch_size, num_workers=max(1, workers),
+            str(beton_for(split, workers, max_side(groups))), batch_size=batch_size, num_workers=max(1, workers),
             order=ff["OrderOption"].RANDOM, seed=seed, indices=np.arange(len(split))[rank::world][:per_rank],
             pipelines=pipelines, drop_last=True,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,7 @@ class TrainConfig:
     seed: int = 0
     out: str = AUTO  # auto = runs/<model>_<method>_<recipe>
     resume: str = ""  # "" = start fresh, auto = newest checkpoint in out, or a path
+    overwrite: bool = False  # start afresh in an out folder that holds another run (its checkpoints go once ours is saved)
     device: str = AUTO
     compile: bool | str = AUTO  # auto = on for CUDA, off for CPU
     precision: str = AUTO  # auto = bf16 on CUDA; on CPU by model family (measured)
@@ -190,6 +192,19 @@ FIXED_CHOICES = {
     "train.device": (AUTO, "cpu", "cuda"),
     "train.precision": (AUTO, "fp32", "bf16"),
 }
+
+
+# What a resumed run may change: how long it runs, how it logs, evaluates and checkpoints, where
+# its files and data are and which machine, loader and process layout run it. Every other key
+# defines what the checkpoint means and must match (a prefix ending in "." covers a section).
+MAY_CHANGE_ON_RESUME = (
+    "train.epochs", "train.steps", "train.out", "train.log_every",
+    "train.ckpt_every", "train.skip_nonfinite", "train.device", "train.compile", "train.precision", "train.sync_bn",
+    "data.path", "data.loader", "data.workers", "eval.", "linear.", "semisup.",
+)
+
+
+START_KEYS = ("train.resume", "train.overwrite")  # how this start treats the folder, not the run
 
 
 def all_keys(cfg: Any = None, prefix: str = "") -> dict[str, Any]:
@@ -301,6 +316,29 @@ def update_from_dict(cfg: Config, data: dict) -> set[str]:
             set_key(cfg, key, tuple(value) if isinstance(value, list) else value)
             given.add(key)
     return given
+
+
+def flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}, pairs as lists (as JSON has them)."""
+    out = {}
+    for key, value in json.loads(json.dumps(data)).items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def changes(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
+    """How ``cfg`` differs from a saved run's config, as "key saved -> now" items: (the changes that
+    alter what the run means, the changes a resumed run may make). Keys the saved config predates
+    are not compared."""
+    before, now = flat(saved), flat(to_dict(cfg))
+    differing = [k for k in now if k in before and before[k] != now[k] and k not in START_KEYS]
+    allowed = [k for k in differing if any(k == m or (m.endswith(".") and k.startswith(m))
+                                           for m in MAY_CHANGE_ON_RESUME)]
+    describe = lambda k: f"{k} {before[k]!r} -> {now[k]!r}"  # noqa: E731
+    return [describe(k) for k in differing if k not in allowed], [describe(k) for k in allowed]
 
 
 def from_dict(data: dict) -> Config:

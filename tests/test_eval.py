@@ -178,3 +178,30 @@ def test_export_round_trip_through_timm(tmp_path, model, small_stem):
         else:  # MobileNetV2: the same shapes, other strides
             with torch.no_grad():
                 assert plain()(x).shape == backbone(x).shape and not torch.allclose(plain()(x), backbone(x))
+
+
+def address_space_kib() -> int:
+    status = open("/proc/self/status").read()
+    return int(status.split("VmSize:")[1].split()[0])
+
+
+class AddressSpaceOfTheWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return address_space_kib()
+
+
+def test_evaluation_workers_do_not_copy_the_trainers_address_space():
+    """A trainer can map tens of GB (FFCV's buffers); a forked evaluation worker would need all of
+    it again. The workers of evaluation loaders start afresh."""
+    import numpy as np
+
+    from sslight.eval.features import image_loader
+
+    ballast = np.empty(8 * 2**30, np.uint8)  # 8 GiB of address space, never touched
+    parent = address_space_kib()
+    (sizes,) = list(image_loader(AddressSpaceOfTheWorker(), 2, workers=1))
+    assert int(sizes.max()) < parent - 8 * 2**20, (int(sizes.max()), parent)
+    del ballast

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loaders import ffcv
+from loaders.batch import ViewGroup
 from loaders.scan import problem
 from sslight.cli import main
+from sslight.train.log import read
 from tests.conftest import TINY
 from tests.test_backends import optional
 
@@ -52,3 +55,31 @@ def test_salted_dataset_trains_one_epoch(salted, tmp_path, loader, monkeypatch, 
     listed = {line.split("\t")[0].rsplit("/", 1)[-1] for line in (out / "excluded_files.txt").read_text().splitlines()}
     assert listed == BAD
     assert "excluded 3 unreadable files" in capsys.readouterr().err.replace("\n", " ")
+
+
+
+
+@pytest.mark.skipif(not ffcv.available(), reason="ffcv not installed")
+def test_ffcv_with_a_huge_image_trains_then_evaluates_with_workers(salted, tmp_path, monkeypatch):
+    """The 6000x6000 image is stored at the recipe's largest useful side, so FFCV's buffers stay
+    small; the run stops mid-epoch (its loader still alive) and its kNN then starts workers."""
+    import glob
+
+    from ffcv.reader import Reader
+
+    from loaders.ffcv import max_side
+
+    monkeypatch.setenv("SSLIGHT_DATA", str(tmp_path / "cache"))
+    labelled = tmp_path / "labelled"  # the salted images as train and test split, for the kNN
+    labelled.mkdir()
+    for split in ("train", "test"):
+        (labelled / split).symlink_to(salted / "train")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(labelled), "--loader", "ffcv", "--steps", "1", "--batch", "4",
+                 "--out", str(out), *TINY, "data.workers=2"])  # default views: 224 px globals, 128 px locals
+    assert code == 0
+    assert "knn_top1" in read(out / "metrics.jsonl")[-1]
+    (beton,) = glob.glob(str(tmp_path / "cache" / "ffcv" / "*.beton"))
+    stored = Reader(beton).metadata["f0"]
+    groups = [ViewGroup(2, 224, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 128, (0.05, 0.3), (3 / 4, 4 / 3))]
+    assert max(stored["width"].max(), stored["height"].max()) == max_side(groups) == 661

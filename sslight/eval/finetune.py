@@ -9,7 +9,7 @@ from torchvision import transforms
 
 from loaders.images import open_rgb, to_uint8_chw
 from sslight.config import Config
-from sslight.eval.features import extract, normalised
+from sslight.eval.features import extract, image_loader, normalised
 from sslight.eval.linear import topk_accuracy
 from sslight.eval.sgd import fit
 from sslight.precision import autocast, dtype_of
@@ -41,9 +41,8 @@ def finetune(backbone: nn.Module, train_split, test_split, n_classes: int, cfg: 
     torch.manual_seed(cfg.train.seed)
     head = nn.Linear(backbone.num_features, n_classes).to(device)
     batch = min(s.batch_size, len(train_split))
-    loader = torch.utils.data.DataLoader(
-        TrainImages(train_split, cfg.views.global_size), batch_size=batch, shuffle=True, drop_last=True,
-        num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.train.seed))
+    loader = image_loader(TrainImages(train_split, cfg.views.global_size), batch, cfg.data.workers, shuffle=True,
+                          drop_last=True, generator=torch.Generator().manual_seed(cfg.train.seed))
     lr = s.lr * batch / 256
     opt = torch.optim.SGD([*backbone.parameters(), *head.parameters()], lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=s.weight_decay)

@@ -4,6 +4,7 @@ trained with (device, precision and compilation re-chosen for the machine that e
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,15 @@ RUNTIME_KEYS = ("train.device", "train.precision", "train.compile")  # chosen by
 
 
 def find(path: str | Path) -> Path:
-    """A checkpoint file, or the newest complete checkpoint of a run folder."""
+    """A checkpoint file, or the newest readable checkpoint of a run folder (newer unreadable ones
+    are skipped with a warning)."""
     path = Path(path)
     if path.is_dir():
-        found = checkpoint.latest(path)
+        found, warnings = checkpoint.newest_readable(path, "CKPT")
+        for warning in warnings:
+            print(f"sslight: warning: {warning}", file=sys.stderr)
         if found is None:
-            raise ConfigError(f"CKPT={str(path)!r}: no ckpt-*.pt checkpoint in this folder")
+            raise ConfigError(f"CKPT={str(path)!r}: no readable ckpt-*.pt checkpoint in this folder")
         return found
     if not path.is_file():
         raise ConfigError(f"CKPT={str(path)!r}: no such checkpoint file or run folder")
@@ -57,6 +61,6 @@ class TrainedBackbone:
 
 def load(path: str | Path, overrides: list[str] = ()) -> TrainedBackbone:
     path = find(path)
-    state = checkpoint.load(path, torch.device("cpu"))
+    state = checkpoint.read(path, "CKPT")
     weights = {k[len(PREFIX):]: v for k, v in state["method"].items() if k.startswith(PREFIX)}
     return TrainedBackbone(path, config_of(state["config"], list(overrides)), weights)

@@ -23,21 +23,13 @@ from sslight.models import build_backbone
 BRANCH = {"dino": "teacher.", "rob_dino": "student."}
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def read_checkpoint(key: str, path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(the run's config dict, the teacher branch's state dict) of a checkpoint of this project."""
     if not Path(path).is_file():
         raise ConfigError(f"{key}={path!r}: no such file")
-    try:
-        state = checkpoint.load(Path(path), torch.device("cpu"))
-        config, weights = state["config"], state["method"]
-        method = config["method"]
-    except Exception as exc:  # a file of any other kind: say so on one line
-        raise ConfigError(f"{key}={path!r}: not a readable sslight checkpoint ({_first_line(exc)})") from None
+    state = checkpoint.read(Path(path), key)
+    config, weights = state["config"], state["method"]
+    method = config["method"]
     if method not in BRANCH:
         raise ConfigError(f"{key}={path!r}: a {method} checkpoint has no DINO head; "
                           f"allowed: a checkpoint of {', '.join(BRANCH)}")
@@ -53,7 +45,7 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as exc:
-        raise ConfigError(f"teacher.path={path!r}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise ConfigError(f"teacher.path={path!r}: not a readable safetensors file ({checkpoint.first_line(exc)})") from None
 
 
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], key: str, path: str, model: str) -> None:

@@ -32,9 +32,7 @@ def run(out: Path, overrides: list[str], resume: bool, linear: bool) -> dict:
     start = time.perf_counter()
     prepared = prepare([*overrides, f"train.out={out}", f"train.resume={'auto' if resume else ''}"])
     cfg, resumed = prepared.cfg, prepared.resume_from is not None
-    if not resumed:
-        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start: no windows of an attempt that left no checkpoint
-    train(prepared, Console(stderr=True))
+    train(prepared, Console(stderr=True))  # a fresh start begins a fresh metrics log
     records = read(out / "metrics.jsonl")
     evaluated = [r for r in records if r["kind"] == "epoch" and "knn_top1" in r]
     if not evaluated:

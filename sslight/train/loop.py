@@ -18,9 +18,9 @@ from rich.console import Console
 from loaders import Loader, build_loader, view_groups
 from loaders.datasets import Dataset, load_dataset, probe_image_size
 from loaders.registry import missing as missing_loader
-from sslight import checkpoint, config as config_mod, distributed, recipes
+from sslight import config as config_mod, distributed, recipes
 from sslight.augment import Photometric
-from sslight.config import AUTO, Config, ConfigError
+from sslight.config import Config, ConfigError
 from sslight.eval.knn import knn_evaluation
 from sslight.methods import METHODS, Method, method_inputs
 from sslight.models import build_backbone
@@ -30,6 +30,7 @@ from sslight.train.faults import NonFiniteGuard
 from sslight.train.log import MetricsLog, epoch_bar, traced_from_env
 from sslight.train.optim import build_optimizer, lr_wd_schedules, param_groups
 from sslight.train.probe import JointProbe
+from sslight.train.run_folder import Claim, claim
 from sslight.train.state import Position, TrainState
 from sslight.train.step import Schedules, Step, seeded_augment
 
@@ -42,9 +43,13 @@ class Run:
     dataset: Dataset
     device: torch.device
     out: Path
-    resume_from: Path | None
+    claim: Claim  # the checkpoint it resumes from, what it replaces, what to tell the user
     dist: distributed.Dist = field(default_factory=distributed.Dist)
     method_inputs: dict = field(default_factory=dict)  # what the method read from files (RoB's teacher)
+
+    @property
+    def resume_from(self) -> Path | None:
+        return self.claim.resume_from
 
 
 def prepare(overrides: list[str], base: dict | None = None) -> Run:
@@ -65,19 +70,8 @@ def prepare(overrides: list[str], base: dict | None = None) -> Run:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {per_rank} training images"
                           + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
     out = Path(cfg.train.out)
-    resume_from = distributed.broadcast_object(resume_checkpoint(cfg, out), dist)  # rank 0's choice
-    return Run(cfg, dataset, device, out, resume_from, dist, method_inputs(cfg))
-
-
-def resume_checkpoint(cfg: Config, out: Path) -> Path | None:
-    if cfg.train.resume == AUTO:
-        return checkpoint.latest(out) if out.is_dir() else None
-    if not cfg.train.resume:
-        return None
-    path = Path(cfg.train.resume)
-    if not path.is_file():
-        raise ConfigError(f"train.resume={cfg.train.resume!r}: no such checkpoint file")
-    return path
+    claimed = distributed.broadcast_object(claim(cfg, out), dist)  # every rank resumes rank 0's choice
+    return Run(cfg, dataset, device, out, claimed, dist, method_inputs(cfg))
 
 
 def seed_everything(seed: int) -> None:
@@ -133,7 +127,8 @@ def build(run: Run) -> Parts:
     guard = NonFiniteGuard(t.skip_nonfinite, device)
     step = Step(method, distributed.wrap(method, dist), optimizer, schedules, augment, guard, probe,
                 cfg.optim.clip_grad, dtype)
-    return Parts(TrainState(method, optimizer, probe, guard), loader, traced_from_env(step, method, dist.rank),
+    state = TrainState(method, optimizer, probe, guard, replacing=list(run.claim.replacing))
+    return Parts(state, loader, traced_from_env(step, method, dist.rank),
                  schedules, steps_per_epoch, t.steps or total)
 
 
@@ -148,7 +143,7 @@ def train(run: Run, console: Console | None = None) -> dict:
         at = Position()
         if run.resume_from is not None:
             at = parts.state.restore(run.resume_from, run.device)
-            console.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}")
+            console.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}", soft_wrap=True)
         log = MetricsLog(run.out, enabled=run.dist.main)
         summary: dict = dict(out=str(run.out))
         try:
@@ -163,10 +158,15 @@ def train(run: Run, console: Console | None = None) -> dict:
 
 
 def write_run_files(run: Run, console: Console) -> None:
-    """The resolved config (every auto value filled in) and the list of excluded files, by rank 0."""
+    """The resolved config (every auto value filled in), a fresh metrics log for a fresh start, and
+    the list of excluded files, by rank 0; then what the claim on the folder has to say."""
     if not run.dist.main:
         return
+    for note in run.claim.notes:
+        console.print(f"[yellow]{note}", soft_wrap=True)  # one line, however long its paths
     run.out.mkdir(parents=True, exist_ok=True)
+    if run.resume_from is None:
+        (run.out / "metrics.jsonl").unlink(missing_ok=True)
     tmp = run.out / ".config.json.tmp"
     tmp.write_text(json.dumps(config_mod.to_dict(run.cfg), indent=2) + "\n")
     tmp.replace(run.out / "config.json")

@@ -3,7 +3,7 @@ an uninterrupted one (tests/test_train.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     probe: JointProbe | None
     guard: NonFiniteGuard
+    replacing: list[Path] = field(default_factory=list)  # another run's checkpoints, removed after our first
 
     def save(self, cfg: Config, out: Path, dist: distributed.Dist, epoch: int, step: int, batch_in_epoch: int,
              epoch_loss_sum: torch.Tensor) -> Path | None:
@@ -48,7 +49,9 @@ class TrainState:
                      skipped_in_epoch=self.guard.skipped_in_epoch if batch_in_epoch else 0,
                      rng=dict(torch=torch.get_rng_state()), config=config_mod.to_dict(cfg))
         try:
-            return checkpoint.save(state, out, epoch, step)
+            path = checkpoint.save(state, out, epoch, step, self.replacing)
+            self.replacing = []
+            return path
         except OSError as exc:
             previous = checkpoint.latest(out)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
