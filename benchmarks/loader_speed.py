@@ -31,6 +31,7 @@ from loaders.images import open_rgb
 from loaders.registry import missing
 from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric
 from sslight.methods import METHODS
+from sslight.recipes import Machine
 from sslight.table import Table
 
 RECIPES = {
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> Table:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3, help="every pipeline is measured once per round")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=Machine.here().workers,
+                   help="default: what make train takes here (data.workers=auto)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--main-threads", type=int, default=0, help="0 = cores - workers, at least 1")
     p.add_argument("--csv", default="")

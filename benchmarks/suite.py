@@ -35,23 +35,25 @@ class Profile:
     train_loaders: str
     train_windows: int
     train_log_every: int
+    train_end_to_end: str = ""  # model:mode pairs the loaders run with; "" = every one
     train_overrides: tuple[str, ...] = field(default=())
     train_on_imagenet: bool = False
 
 
 PROFILES = {
-    # about 10 minutes on the 2-core CPU machine
-    "cpu": Profile(recipes=loader_speed.IMAGENET_RECIPES, backends="pil,nvjpeg,dali,ffcv", loader_batch=32,
+    # the 2-core CPU machine: the headline recipe on ImageNet-sized JPEGs and at CIFAR size, and
+    # the default make train (auto loader and workers) against pil, end to end on the JPEGs
+    "cpu": Profile(recipes=("sslight_cnn",), backends="pil,nvjpeg,dali,ffcv", loader_batch=32,
                    loader_batches=10, loader_rounds=3, augment_batch=32, train_models="mnv2",
-                   train_modes="fp32_eager",
-                   train_loaders="pil,nvjpeg,dali,ffcv", train_windows=2, train_log_every=5,
-                   train_overrides=("train.batch_size=32", "data.limit=2000")),
-    # one call on one H100: 224 px views from the ImageNet-sized sample
-    "gpu": Profile(recipes=loader_speed.IMAGENET_RECIPES, backends="nvjpeg,dali,pil,ffcv", loader_batch=128,
-                   loader_batches=30, loader_rounds=3, augment_batch=256, train_models="mnv2,r18",
-                   train_modes="fp32_eager,bf16_eager,bf16_compiled", train_loaders="nvjpeg,dali,pil",
-                   train_windows=3, train_log_every=10, train_on_imagenet=True,
-                   train_overrides=("train.batch_size=128", "data.workers=12")),
+                   train_modes="fp32_eager", train_loaders="auto,pil", train_windows=2, train_log_every=5,
+                   train_on_imagenet=True, train_overrides=("train.batch_size=32",)),
+    # one call on one H100/H200: 224 px views from the ImageNet-sized sample; the default make
+    # train (auto: nvjpeg, overlapped) against its serial path and pil, compiled bf16 mnv2
+    "gpu": Profile(recipes=("sslight_cnn",), backends="nvjpeg,dali,pil", loader_batch=256,
+                   loader_batches=20, loader_rounds=2, augment_batch=256, train_models="mnv2,r18",
+                   train_modes="fp32_eager,bf16_compiled", train_loaders="auto,auto:serial,pil",
+                   train_windows=3, train_log_every=10, train_end_to_end="mnv2:bf16_compiled",
+                   train_on_imagenet=True, train_overrides=("train.batch_size=128",)),
     # CI: every benchmark for a few batches
     "smoke": Profile(recipes=("sslight_cnn",), backends="pil,nvjpeg,synthetic", loader_batch=8, loader_batches=2,
                      loader_rounds=1, augment_batch=4, train_models="mnv2", train_modes="fp32_eager",
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> Path:
     bound, end_to_end = train_speed.main(["--models", prof.train_models, "--modes", prof.train_modes,
                                     "--loaders", prof.train_loaders, "--windows", str(prof.train_windows),
                                     "--log-every", str(prof.train_log_every), "--out", str(out / "train_runs"),
+                                    "--end-to-end", prof.train_end_to_end,
                                     *prof.train_overrides, *train_data])
     tables.append(("train_model", bound, "images/s", ["model", "method", "mode"]))
     tables.append(("train_loaders", end_to_end, "images/s", ["model", "mode", "loader"]))

@@ -3,8 +3,12 @@ synthetic loader (no I/O: the model's bound), then end to end with each real loa
 loader efficiency = real / synthetic images/s and the data-wait share of step time.
 
 Usage: python -m benchmarks.train_speed [--models mnv2] [--methods dino] [--modes fp32_eager]
-       [--loaders pil nvjpeg dali ffcv] [--windows 3] [--log-every 5] [--out runs/bench/train]
+       [--loaders auto,auto:serial,pil] [--windows 3] [--log-every 5] [--out runs/bench/train]
        [--csv out.csv] [key=value ...]
+A loader is a backend name or ``auto`` (what ``make train`` takes when LOADER is not given: the
+table names the backend it resolved to); ``:serial`` turns off the decode overlap
+(``data.overlap=false``), which changes something only where the training process decodes
+(nvjpeg on CUDA).
 Each run is ``python -m sslight train --steps N``; figures are the mean of the logged windows
 after the first (the first holds worker start-up and compilation).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> tuple[Table, Table]:
     p.add_argument("--models", default="mnv2", help="comma-separated")
     p.add_argument("--methods", default="dino", help="comma-separated")
     p.add_argument("--modes", default=DEFAULT_MODES[device], help=f"comma-separated of {', '.join(MODES)}")
-    p.add_argument("--loaders", default="pil,nvjpeg,dali,ffcv", help="comma-separated; empty = none")
+    p.add_argument("--loaders", default="auto,pil,nvjpeg,dali,ffcv", help="comma-separated; empty = none")
+    p.add_argument("--end-to-end", default="", help="model:mode pairs run with the loaders (default all)")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--out", default="runs/bench/train")
@@ -84,16 +90,23 @@ def main(argv: list[str] | None = None) -> tuple[Table, Table]:
     bound.print()
     end_to_end = Table(f"training end to end, {device}",
                        ["model", "method", "mode", "loader", "images/s", "efficiency", "data wait %"])
+    chosen = {tuple(pair.split(":")) for pair in args.end_to_end.split(",") if pair}
     for (model, method, mode), ips_bound in synthetic.items():
+        if chosen and (model, mode) not in chosen:
+            continue
         end_to_end.add(model, method, mode, "synthetic", ips_bound, 1.0, 0.0)
-        for loader in filter(None, args.loaders.split(",")):
-            if missing(loader):
+        for spec in filter(None, args.loaders.split(",")):
+            loader, _, serial = spec.partition(":")
+            if loader != "auto" and missing(loader):
                 print(f"skipping {loader}: not installed here")
                 continue
-            ips, wait = throughput(out / f"{model}_{method}_{mode}_{loader}",
-                                   [f"model.name={model}", f"method={method}", f"data.loader={loader}",
-                                    *MODES[mode], *args.overrides], args.windows, args.log_every)
-            end_to_end.add(model, method, mode, loader, ips, ips / ips_bound, wait)
+            run = out / f"{model}_{method}_{mode}_{loader}{'_serial' if serial else ''}"
+            ips, wait = throughput(run, [f"model.name={model}", f"method={method}", f"data.loader={loader}",
+                                         f"data.overlap={'false' if serial else 'true'}", *MODES[mode],
+                                         *args.overrides], args.windows, args.log_every)
+            data = json.loads((run / "config.json").read_text())["data"]
+            name = f"{spec} ({data['loader']}, {data['workers']} workers)" if loader == "auto" else spec
+            end_to_end.add(model, method, mode, name, ips, ips / ips_bound, wait)
     end_to_end.print()
     if args.csv:
         bound.write_csv(f"{args.csv}_model.csv")

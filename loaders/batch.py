@@ -69,6 +69,8 @@ class Loader(Protocol):
     """What the trainer asks of a backend. A backend is built as
     ``Backend(split, groups, batch_size, seed, device, workers, rank, world)`` (loaders.registry)."""
 
+    works_in_caller: bool  # makes each batch in the thread that asks for it (then worth prefetching)
+
     def batches_per_epoch(self) -> int:
         """Full batches in a whole epoch on this rank, whatever a resume skips."""
 

@@ -56,6 +56,7 @@ def _pipeline(files, groups, rank, world, device_type):
 
 
 class DaliLoader:
+    works_in_caller = False  # DALI's pipeline runs ahead on its own threads (prefetch_queue_depth)
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         if not available():
             raise RuntimeError("data.loader='dali' needs NVIDIA DALI: pip install -e '.[dali]'")

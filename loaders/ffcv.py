@@ -97,6 +97,7 @@ def beton_for(split, workers: int, longest_side: int) -> Path:
 
 
 class FfcvLoader:
+    works_in_caller = False  # FFCV's loader runs batches ahead on its own threads
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         ff = _import_ffcv()
         self.groups, self.device = groups, device

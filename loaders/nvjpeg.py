@@ -117,30 +117,43 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
 
 
 class NvjpegLoader:
-    def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
+    def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1,
+                 decode_in_workers: bool | None = None):
+        """``decode_in_workers``: whether the DataLoader workers decode and cut (by default on a
+        CPU device) or the process that trains does, from the bytes the workers read (by default
+        on CUDA, where the GPU decodes; on a CPU device this path is what tests drive)."""
         self.device = device
         self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
-        on_cpu = device.type == "cpu"
-        prefetch = 2 if on_cpu else 4
+        self.in_workers = device.type == "cpu" if decode_in_workers is None else decode_in_workers
+        if self.in_workers and device.type != "cpu":
+            raise ValueError(f"device {device}: only a CPU device decodes in the DataLoader workers")
+        prefetch = 2 if self.in_workers else 4
         # a worker's buffers: its prefetched batches, the one it cuts, and two the consumer holds
-        self.buffers = SharedBatchBuffers(workers, per_worker=prefetch + 3) if on_cpu else None
+        self.buffers = SharedBatchBuffers(workers, per_worker=prefetch + 3) if self.in_workers else None
         self.decode_and_cut = DecodeAndCut(split, groups, seed, device, self.buffers)
         self.loader = torch.utils.data.DataLoader(
             FileBytes(split), batch_sampler=self.sampler, num_workers=workers,
-            collate_fn=self.decode_and_cut if on_cpu else collate_bytes,
+            collate_fn=self.decode_and_cut if self.in_workers else collate_bytes,
+            pin_memory=device.type == "cuda",  # bytes, labels and indices copy to the GPU asynchronously
             persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,
         )
+
+    @property
+    def works_in_caller(self) -> bool:
+        """Whether each batch is decoded and cut in the thread that asks for it."""
+        return not self.in_workers
 
     def batches_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch()
 
     def epoch(self, epoch: int, skip_batches: int = 0):
         self.sampler.set_epoch(epoch, skip_batches)
-        if self.device.type == "cpu":
+        if self.in_workers:
             for views, labels, indices, slot in self.loader:
                 self.buffers.received(slot, views[0])
                 yield Batch(views, labels, indices)
             return
+        nb = self.device.type == "cuda"
         for packed, lengths, labels, indices, ep in self.loader:
             views = self.decode_and_cut.views(packed, lengths, indices, ep)
-            yield Batch(views, labels.to(self.device), indices.to(self.device))
+            yield Batch(views, labels.to(self.device, non_blocking=nb), indices.to(self.device, non_blocking=nb))

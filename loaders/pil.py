@@ -48,6 +48,7 @@ def collate_groups(groups):
 
 
 class PilLoader:
+    works_in_caller = False  # DataLoader workers decode and cut
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         self.device = device
         self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)

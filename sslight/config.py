@@ -26,8 +26,9 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     path: str = ""  # "" = CIFAR-10 prepared in $SSLIGHT_DATA
-    loader: str = "pil"
-    workers: int = 2
+    loader: str = AUTO  # auto = the backend measured fastest here for data of this kind (loaders.registry.choose)
+    workers: int | str = AUTO  # auto = this process's share of the cores, one left to the main process
+    overlap: bool = True  # a loader that decodes in the training process (nvjpeg on CUDA) runs a batch ahead in a thread
     limit: int = 0  # train on the first N images of a seeded shuffle; 0 = all
 
 
@@ -200,7 +201,7 @@ FIXED_CHOICES = {
 MAY_CHANGE_ON_RESUME = (
     "train.epochs", "train.steps", "train.out", "train.log_every",
     "train.ckpt_every", "train.skip_nonfinite", "train.device", "train.compile", "train.precision", "train.sync_bn",
-    "data.path", "data.loader", "data.workers", "eval.", "linear.", "semisup.",
+    "data.path", "data.loader", "data.workers", "data.overlap", "eval.", "linear.", "semisup.",
 )
 
 

@@ -7,11 +7,12 @@ A preset only fills keys the user did not set, so every value stays overridable.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
 
-from loaders.registry import BACKENDS
+from loaders.registry import BACKENDS, choose
 from sslight.config import AUTO, FIXED_CHOICES, Config, ConfigError, apply_overrides, set_key, \
     update_from_dict, validate
 from sslight.methods import METHODS
@@ -51,7 +52,7 @@ SHORT = [
 def choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of every key that names something, read from where it is registered."""
     return {"method": tuple(METHODS), "recipe": RECIPES, "model.name": tuple(BACKBONES),
-            "data.loader": tuple(BACKENDS), **FIXED_CHOICES}
+            "data.loader": (AUTO, *BACKENDS), **FIXED_CHOICES}
 
 
 def family(model_name: str) -> str:
@@ -110,13 +111,23 @@ def parse(overrides: list[str], base: dict | None = None) -> Request:
 
 @dataclass(frozen=True)
 class Machine:
-    """What the machine that runs offers, as far as resolving a config asks."""
+    """What the machine that runs offers, as far as resolving a config asks: CUDA, the cores this
+    process may use, and the processes that share them (torchrun's LOCAL_WORLD_SIZE)."""
 
     cuda: bool
+    cores: int = 1
+    local_processes: int = 1
 
     @staticmethod
     def here() -> "Machine":
-        return Machine(cuda=torch.cuda.is_available())
+        return Machine(cuda=torch.cuda.is_available(), cores=len(os.sched_getaffinity(0)),
+                       local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+    @property
+    def workers(self) -> int:
+        """Loader workers per process: its share of the cores, less one for the main process,
+        which runs the training step (and photometry) beside them; at least one."""
+        return max(1, self.cores // self.local_processes - 1)
 
     def device(self, requested: str) -> str:
         if requested == AUTO:
@@ -137,6 +148,10 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
     resolve_sizes(cfg, given, image_size)
     t = cfg.train
     t.device = machine.device(t.device)
+    if cfg.data.loader == AUTO:
+        cfg.data.loader = choose(t.device == "cuda", image_size)[0]
+    if cfg.data.workers == AUTO:
+        cfg.data.workers = machine.workers
     if t.precision == AUTO:
         # Measured on the 2-core CPU machine (AVX2, no AVX512-BF16): bf16 autocast makes a
         # training step 10-20x slower than fp32 for both ResNet-18 and MobileNetV2, so the
@@ -148,6 +163,17 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
         t.out = f"runs/{cfg.model.name}_{cfg.method}_{cfg.recipe}"
     validate(cfg)
     return cfg
+
+
+def auto_notes(request: Request, cfg: Config, machine: Machine, image_size: int | None) -> list[str]:
+    """What ``auto`` chose for the data path and why, said once when a run starts."""
+    notes = []
+    if request.cfg.data.loader == AUTO:
+        notes.append(f"loader: {cfg.data.loader} (auto: {choose(cfg.train.device == 'cuda', image_size)[1]})")
+    if request.cfg.data.workers == AUTO:
+        notes.append(f"workers: {cfg.data.workers} (auto: {machine.cores} cores for {machine.local_processes} "
+                     "process(es), one left to each main process)")
+    return notes
 
 
 def resolve_sizes(cfg: Config, given: set[str], image_size: int | None) -> None:

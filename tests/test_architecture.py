@@ -123,13 +123,16 @@ def test_no_function_of_the_training_loop_is_longer_than_60_lines():
     assert not long, long
 
 
-@pytest.mark.parametrize("key, registry", [
-    ("model.name", BACKBONES), ("method", METHODS), ("recipe", RECIPES), ("data.loader", BACKENDS),
+@pytest.mark.parametrize("key, registry, auto", [
+    ("model.name", BACKBONES, False), ("method", METHODS, False), ("recipe", RECIPES, False),
+    ("data.loader", BACKENDS, True),
 ])
-def test_an_unknown_name_lists_exactly_the_registered_names(key, registry):
+def test_an_unknown_name_lists_exactly_the_registered_names(key, registry, auto):
+    """The registry's names, after 'auto' where the key can be left to the machine."""
     with pytest.raises(ConfigError) as raised:
         parse([f"{key}=nothing-registered"])
-    assert str(raised.value) == f"{key}='nothing-registered' is not one of {', '.join(registry)}"
+    names = ["auto"] * auto + list(registry)
+    assert str(raised.value) == f"{key}='nothing-registered' is not one of {', '.join(names)}"
 
 
 def test_the_config_is_validated_once_per_run(cifar_small, tmp_path, monkeypatch):

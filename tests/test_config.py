@@ -83,3 +83,64 @@ def test_resolved_config_round_trips():
 def test_config_error_is_one_line():
     with pytest.raises(ConfigError):
         build_config(["views.local_scale=0.5,0.1"])
+
+
+def resolved(overrides, machine, image_size):
+    from sslight.recipes import Machine, parse, resolve
+
+    return resolve(parse(overrides), Machine(**machine), image_size)
+
+
+@pytest.mark.parametrize("machine, image_size, loader", [
+    (dict(cuda=True, cores=16), 224, "nvjpeg"),
+    (dict(cuda=True, cores=16), 32, "nvjpeg"),  # the GPU decodes whatever the size
+    (dict(cuda=False, cores=2), 224, "nvjpeg"),
+    (dict(cuda=False, cores=2), None, "nvjpeg"),  # sizes vary: ImageNet-like
+])
+def test_auto_loader_follows_the_machine_and_the_data(machine, image_size, loader):
+    assert resolved([], machine, image_size).data.loader == loader
+
+
+def test_auto_loader_on_small_images_takes_dali_where_installed(monkeypatch):
+    from loaders import registry
+
+    monkeypatch.setattr(registry, "missing", lambda name: None)
+    assert resolved([], dict(cuda=False), 32).data.loader == "dali"
+    monkeypatch.setattr(registry, "missing", lambda name: "pip install it" if name == "dali" else None)
+    assert resolved([], dict(cuda=False), 32).data.loader == "nvjpeg"
+
+
+@pytest.mark.parametrize("cores, processes, workers", [(2, 1, 1), (16, 1, 15), (16, 4, 3), (8, 8, 1), (1, 1, 1)])
+def test_auto_workers_share_the_cores_between_processes(cores, processes, workers):
+    assert resolved([], dict(cuda=False, cores=cores, local_processes=processes), 32).data.workers == workers
+
+
+def test_a_users_loader_and_workers_win():
+    cfg = resolved(["data.loader=pil", "data.workers=5"], dict(cuda=True, cores=64), 224)
+    assert (cfg.data.loader, cfg.data.workers) == ("pil", 5)
+
+
+def test_the_machine_counts_the_cores_this_process_may_use(monkeypatch):
+    from sslight.recipes import Machine
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})  # fewer than os.cpu_count()
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert Machine.here().cores == 3 and Machine.here().workers == 2
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert Machine.here().workers == 3
+
+
+def test_the_auto_choices_are_recorded_and_said_once(cifar_small, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data", str(cifar_small), "--steps", "1", "--batch", "8",
+                 "eval.every=0", "eval.bank_limit=20", "eval.query_limit=10", "dino.out_dim=256",
+                 "dino.hidden_dim=128", "dino.bottleneck_dim=32"]) == 0
+    saved = json.loads((out / "config.json").read_text())["data"]
+    err = capsys.readouterr().err
+    assert saved["loader"] != "auto" and isinstance(saved["workers"], int)
+    assert err.count(f"loader: {saved['loader']} (auto: ") == 1
+    assert err.count(f"workers: {saved['workers']} (auto: ") == 1

@@ -60,3 +60,25 @@ def test_compiled_bf16_training_on_gpu(cifar_env, cifar_small, tmp_path, method)
     assert code == 0
     losses = [r["loss"] for r in read(out / "metrics.jsonl") if r["kind"] == "train"]
     assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_auto_takes_nvjpeg_and_overlaps_it_on_cuda(cifar_small):
+    from loaders.prefetch import Prefetched
+    from sslight.recipes import build_config
+
+    assert build_config([], image_size=224).data.loader == "nvjpeg"
+    assert build_config([], image_size=32).data.loader == "nvjpeg"
+    split = discover(cifar_small).train
+    assert isinstance(build_loader("nvjpeg", split, GROUPS, 16, 0, CUDA, 2, overlap=True), Prefetched)
+
+
+def test_prefetched_gpu_batches_equal_the_serial_ones(cifar_small):
+    from loaders.prefetch import Prefetched
+
+    split = discover(cifar_small).train.subset(96, 0)
+    serial = list(build_loader("nvjpeg", split, GROUPS, 16, 0, CUDA, 2).epoch(1, 2))
+    ahead = list(Prefetched(build_loader("nvjpeg", split, GROUPS, 16, 0, CUDA, 2), CUDA, depth=2).epoch(1, 2))
+    assert len(ahead) == len(serial) == 4
+    for a, b in zip(serial, ahead):
+        assert torch.equal(a.indices, b.indices)
+        assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))

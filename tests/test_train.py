@@ -88,3 +88,35 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     assert [p.name for p in checkpoint.complete(tmp_path)] == ["ckpt-e0000-s00000002.pt", "ckpt-e0000-s00000003.pt"]
     (tmp_path / ".ckpt-e0000-s00000009.pt.tmp-1").write_bytes(b"partial")
     assert checkpoint.latest(tmp_path).name == "ckpt-e0000-s00000003.pt"
+
+
+def test_a_loader_bound_run_says_so_once(cifar_small, tmp_path, capsys, monkeypatch):
+    import time
+
+    from loaders import registry
+    from loaders.synthetic import SyntheticLoader
+
+    class Slow(SyntheticLoader):
+        def epoch(self, epoch, skip_batches=0):
+            for batch in super().epoch(epoch, skip_batches):
+                time.sleep(0.5)
+                yield batch
+
+    args = ["--data", str(cifar_small), "--loader", "synthetic", "--batch", "16", "--steps", "4", "eval.every=0"]
+    for loader, hints in ((Slow, 1), (SyntheticLoader, 0)):
+        monkeypatch.setitem(registry.BACKENDS, "synthetic", loader)
+        capsys.readouterr()
+        train(tmp_path / loader.__name__, *args)
+        assert " ".join(capsys.readouterr().err.split()).count("loader-bound: data-wait") == hints
+
+
+def test_the_hint_skips_the_first_window_and_speaks_once():
+    from sslight.train.log import LoaderBoundHint
+
+    hint = LoaderBoundHint("pil", 1, 2)
+    assert hint.check(90.0) is None  # the loader's start-up
+    assert hint.check(5.0) is None
+    said = hint.check(37.0)
+    assert said.startswith("loader-bound: data-wait 37% over the last log window; try LOADER=nvjpeg")
+    assert "data.workers=2" in said
+    assert hint.check(80.0) is None

@@ -65,6 +65,29 @@ def epoch_bar(console: Console) -> Progress:
     )
 
 
+class LoaderBoundHint:
+    """One line, once per run, when a whole log window waited on data for more than
+    ``THRESHOLD`` % of its time; the run's first window, which holds the loader's start-up,
+    does not count."""
+
+    THRESHOLD = 10.0
+
+    def __init__(self, loader: str, workers: int, cores: int):
+        self.loader, self.workers, self.cores = loader, workers, cores
+        self.windows, self.said = 0, False
+
+    def check(self, wait_pct: float) -> str | None:
+        self.windows += 1
+        if self.said or self.windows == 1 or wait_pct <= self.THRESHOLD:
+            return None
+        self.said = True
+        tries = [] if self.loader == "nvjpeg" else ["LOADER=nvjpeg"]
+        if self.workers < self.cores:
+            tries.append(f"more workers (ARGS=data.workers={self.workers + 1}; {self.cores} cores here)")
+        tries.append("a smaller recipe (fewer or smaller local views)")
+        return f"loader-bound: data-wait {wait_pct:.0f}% over the last log window; try " + " / ".join(tries)
+
+
 def digest(tensors) -> str:
     h = hashlib.sha256()
     for t in tensors:

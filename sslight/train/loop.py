@@ -5,6 +5,7 @@ everything and writes nothing; :func:`train` builds the run's parts, resumes, th
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -27,7 +28,7 @@ from sslight.models import build_backbone
 from sslight.precision import dtype_of
 from sslight.train import faults
 from sslight.train.faults import NonFiniteGuard
-from sslight.train.log import MetricsLog, epoch_bar, traced_from_env
+from sslight.train.log import LoaderBoundHint, MetricsLog, epoch_bar, traced_from_env
 from sslight.train.optim import build_optimizer, lr_wd_schedules, param_groups
 from sslight.train.probe import JointProbe
 from sslight.train.run_folder import Claim, claim
@@ -46,6 +47,7 @@ class Run:
     claim: Claim  # the checkpoint it resumes from, what it replaces, what to tell the user
     dist: distributed.Dist = field(default_factory=distributed.Dist)
     method_inputs: dict = field(default_factory=dict)  # what the method read from files (RoB's teacher)
+    notes: list[str] = field(default_factory=list)  # said once when it starts: auto choices, the claim's warnings
 
     @property
     def resume_from(self) -> Path | None:
@@ -55,8 +57,9 @@ class Run:
 def prepare(overrides: list[str], base: dict | None = None) -> Run:
     """Resolve the config (``base``: a saved config's values, under the overrides) and check every
     input; writes nothing in the output folder."""
-    request = recipes.parse(overrides, base)
-    cfg = recipes.resolve(request, recipes.Machine.here(), probe_image_size(request.cfg.data.path))
+    request, machine = recipes.parse(overrides, base), recipes.Machine.here()
+    image_size = probe_image_size(request.cfg.data.path)
+    cfg = recipes.resolve(request, machine, image_size)
     install_hint = missing_loader(cfg.data.loader)
     if install_hint:
         raise ConfigError(f"data.loader={cfg.data.loader!r}: not installed here; {install_hint}")
@@ -71,7 +74,8 @@ def prepare(overrides: list[str], base: dict | None = None) -> Run:
                           + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
     out = Path(cfg.train.out)
     claimed = distributed.broadcast_object(claim(cfg, out), dist)  # every rank resumes rank 0's choice
-    return Run(cfg, dataset, device, out, claimed, dist, method_inputs(cfg))
+    notes = recipes.auto_notes(request, cfg, machine, image_size) + claimed.notes
+    return Run(cfg, dataset, device, out, claimed, dist, method_inputs(cfg), notes)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +108,7 @@ class Parts:
     schedules: Schedules
     steps_per_epoch: int
     max_steps: int
+    hint: LoaderBoundHint
 
 
 def build(run: Run) -> Parts:
@@ -111,7 +116,7 @@ def build(run: Run) -> Parts:
     dtype = dtype_of(t.precision)
     method = build_method(cfg, device, run.method_inputs)
     loader = build_loader(cfg.data.loader, run.dataset.train.subset(cfg.data.limit, t.seed), view_groups(cfg.views),
-                          t.batch_size, t.seed, device, cfg.data.workers, dist.rank, dist.world)
+                          t.batch_size, t.seed, device, cfg.data.workers, dist.rank, dist.world, cfg.data.overlap)
     steps_per_epoch = loader.batches_per_epoch()
     total = t.epochs * steps_per_epoch
     schedules = Schedules(*lr_wd_schedules(cfg, steps_per_epoch, dist.world),
@@ -129,7 +134,8 @@ def build(run: Run) -> Parts:
                 cfg.optim.clip_grad, dtype)
     state = TrainState(method, optimizer, probe, guard, replacing=list(run.claim.replacing))
     return Parts(state, loader, traced_from_env(step, method, dist.rank),
-                 schedules, steps_per_epoch, t.steps or total)
+                 schedules, steps_per_epoch, t.steps or total,
+                 LoaderBoundHint(cfg.data.loader, cfg.data.workers, len(os.sched_getaffinity(0))))
 
 
 def train(run: Run, console: Console | None = None) -> dict:
@@ -158,12 +164,12 @@ def train(run: Run, console: Console | None = None) -> dict:
 
 
 def write_run_files(run: Run, console: Console) -> None:
-    """The resolved config (every auto value filled in), a fresh metrics log for a fresh start, and
-    the list of excluded files, by rank 0; then what the claim on the folder has to say."""
+    """By rank 0: the run's notes, the resolved config (every auto value filled in), a fresh metrics
+    log for a fresh start, and the list of excluded files."""
     if not run.dist.main:
         return
-    for note in run.claim.notes:
-        console.print(f"[yellow]{note}", soft_wrap=True)  # one line, however long its paths
+    for note in run.notes:
+        console.print(note, soft_wrap=True, highlight=False)  # one line, however long its paths
     run.out.mkdir(parents=True, exist_ok=True)
     if run.resume_from is None:
         (run.out / "metrics.jsonl").unlink(missing_ok=True)
@@ -205,7 +211,7 @@ def train_one_epoch(run: Run, parts: Parts, at: Position, log: MetricsLog, signa
             log_now = (at.step % t.log_every == 0 or at.batch_in_epoch == parts.steps_per_epoch
                        or at.step >= parts.max_steps)
             if log_now:
-                shown = log_window(run, parts, at, window, batch.size, log) or shown
+                shown = log_window(run, parts, at, window, batch.size, log, console) or shown
             bar.update(task, advance=1, **shown)
             interrupted = signals.requested(sync_point=log_now)
             if (t.ckpt_every and at.step % t.ckpt_every == 0 and at.batch_in_epoch < parts.steps_per_epoch
@@ -240,10 +246,11 @@ class Window:
             yield batch
 
 
-def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size: int,
-               log: MetricsLog) -> dict | None:
-    """Writes the window's record (the one host sync of a log step) and starts the next window;
-    returns what the progress bar shows, or None when every step of the window was skipped."""
+def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size: int, log: MetricsLog,
+               console: Console) -> dict | None:
+    """Writes the window's record (the one host sync of a log step), says when the loader bounds
+    the step, and starts the next window; returns what the progress bar shows, or None when every
+    step of the window was skipped."""
     trained, shown = window.steps - window.skipped, None
     if trained:
         parts.state.guard.check(at.epoch)  # raises on a non-finite loss since the last check
@@ -254,6 +261,9 @@ def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size:
         lr = float(parts.schedules.lr[at.step - 1])
         shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ips=f"{ips:.0f}", wait=f"{wait:.0f}")
         log.write("train", at.step, epoch=at.epoch, loss=loss, lr=lr, images_per_s=ips, data_wait_pct=wait)
+        hint = parts.hint.check(wait)
+        if hint:
+            console.print(f"[yellow]{hint}", soft_wrap=True)
     window.reset()
     return shown
 
