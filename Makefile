@@ -6,6 +6,7 @@ SHARED_CIFAR := $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz)
 SHARED_IMAGENET := $(wildcard ../shared/datasets/imagenet-sample.tar)
 export SSLIGHT_DATA ?= $(HOME)/.cache/sslight
 
+CONFIG ?=
 MODEL ?=
 METHOD ?=
 RECIPE ?=
@@ -59,7 +60,7 @@ bench-data: data-link
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY))
 
 train: install data-link
-	$(LAUNCH) -m sslight train --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
+	$(LAUNCH) -m sslight train --config "$(CONFIG)" --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
 		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
 		--teacher "$(TEACHER)" $(ARGS)
@@ -83,7 +84,7 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
 
-# CPU suite (about 10 minutes here): tables on stdout; CSV, PNG and summary.md in BENCH_OUT
+# CPU suite (about 11 minutes here): tables on stdout; CSV, PNG and summary.md in BENCH_OUT
 bench: install bench-data
 	$(PY) -m benchmarks.suite --profile cpu --out "$(BENCH_OUT)"
 

@@ -87,7 +87,7 @@ class Photometric:
         s = saturation.view(n, 1, 1)
         sat = s * eye + (1 - s) * self.grey
         m, o = sat @ m, (sat @ o.unsqueeze(-1)).squeeze(-1)
-        angle = hue * 2 * math.pi
+        angle = -hue * 2 * math.pi  # in YIQ a positive angle turns hue the opposite way to HSV hue
         cos, sin = torch.cos(angle), torch.sin(angle)
         rot = torch.zeros(n, 3, 3, device=self.device)
         rot[:, 0, 0] = 1

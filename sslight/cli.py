@@ -23,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslight", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="self-supervised pre-training")
+    train.add_argument("--config", default="", help="a run's config.json or a YAML file with its keys: the base "
+                       "that presets complete and the flags and key=value override")
     for flag, key in FLAGS.items():
         train.add_argument(f"--{flag}", default="", help=f"sets {key}")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="any dotted config key")
@@ -93,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sslight: error: {exc}", file=sys.stderr)
             return 2
     try:
+        from sslight.config import read_file
         from sslight.train.loop import prepare, train
 
-        run = prepare(overrides_from(args))
+        run = prepare(overrides_from(args), read_file(args.config) if args.config else None, args.config)
     except (ConfigError, DataError) as exc:
         print(f"sslight: error: {exc}", file=sys.stderr)
         return 2

@@ -47,6 +47,7 @@ class ViewsConfig:
 class ModelConfig:
     name: str = "mnv2"
     small_stem: bool | str = AUTO  # auto = on when globals are 64 px or smaller
+    drop_path_rate: float | str = AUTO  # stochastic depth of the student (EMA copies drop nothing); auto: ViT 0.1, CNN 0
 
 
 @dataclass
@@ -58,13 +59,14 @@ class LossConfig:
 class OptimConfig:
     name: str = AUTO  # lars for CNNs, adamw for ViTs
     lr: float | str = AUTO  # base lr per 256 images
-    min_lr: float = 0.0
+    min_lr: float | str = AUTO  # the cosine's end, absolute (not scaled with the batch), as SSLight's
     weight_decay: float | str = AUTO
     weight_decay_end: float | str = AUTO
     warmup_epochs: float = 10.0
+    warmup_start: float | str = AUTO  # absolute lr of the first warm-up step (SwAV's start_warmup)
     momentum: float = 0.9  # LARS
     eta: float = 0.001  # LARS trust coefficient
-    clip_grad: float = 0.0  # 0 = off
+    clip_grad: float = 0.0  # each parameter's gradient norm clipped to this (DINO's clip_gradients); 0 = off
 
 
 @dataclass
@@ -73,6 +75,7 @@ class DinoConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     use_bn_in_head: bool | str = AUTO
+    norm_last_layer: bool | str = AUTO  # the last layer's weight-norm gain fixed at 1; auto: CNN yes, ViT no (trained)
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -90,7 +93,7 @@ class SwavConfig:
     temperature: float = 0.1
     epsilon: float = 0.05
     sinkhorn_iterations: int = 3
-    queue_length: int = 0  # 0 = no queue
+    queue_length: int = 3840  # SSLight's; rounded down to a multiple of the global batch; 0 = no queue
     epoch_queue_starts: int = 15
     freeze_prototypes_epochs: int = 1
 
@@ -164,7 +167,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 0  # extra checkpoint every N steps; 0 = once per epoch
     skip_nonfinite: int = 0  # steps with a non-finite loss whose update may be skipped; 0 = stop at the first
-    sync_bn: bool = False  # SyncBatchNorm: batch statistics over all processes (CUDA)
+    sync_bn: bool | str = AUTO  # SyncBatchNorm over all processes; auto = on for several CUDA processes
 
 
 @dataclass
@@ -305,18 +308,16 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def update_from_dict(cfg: Config, data: dict) -> set[str]:
-    """Set the keys ``data`` holds (a saved config's nested dict); returns them. Keys added since
-    it was written are left as they are."""
-    given = set()
+def from_dict(data: dict) -> Config:
+    """The config saved in a checkpoint; keys added since it was written keep their defaults."""
+    cfg = Config()
     for key in all_keys():
         value = data
         for part in key.split("."):
             value = value.get(part, dataclasses.MISSING) if isinstance(value, dict) else dataclasses.MISSING
         if value is not dataclasses.MISSING:
             set_key(cfg, key, tuple(value) if isinstance(value, list) else value)
-            given.add(key)
-    return given
+    return cfg
 
 
 def flat(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -342,11 +343,39 @@ def changes(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
     return [describe(k) for k in differing if k not in allowed], [describe(k) for k in allowed]
 
 
-def from_dict(data: dict) -> Config:
-    """The config saved in a checkpoint; keys added since it was written keep their defaults."""
-    cfg = Config()
-    update_from_dict(cfg, data)
-    return cfg
+def read_file(path: str) -> dict:
+    """A config file: a run's ``config.json`` or a YAML file with the same nested keys (any
+    subset of them); a file that cannot be used is a one-line ConfigError naming it."""
+    import yaml  # PyYAML
+
+    try:
+        text = open(path).read()
+    except OSError as exc:
+        raise ConfigError(f"CONFIG={path!r}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"CONFIG={path!r}: not valid {'JSON' if path.endswith('.json') else 'YAML'}{line}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"CONFIG={path!r}: expected a mapping of config sections (e.g. 'train:'), "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def as_overrides(data: dict) -> list[str]:
+    """A nested config dict as ``key=value`` overrides, so a file's values meet the same checks of
+    keys, types and names as the command line's."""
+    items = []
+    for key, value in flat(data).items():
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        items.append(f"{key}={value}")
+    return items
+
 
 
 def label_percents(text: str) -> list[float]:

@@ -39,10 +39,11 @@ def timm_kwargs(name: str, small_stem: bool, image_size: int) -> dict:
     return kwargs
 
 
-def build_backbone(name: str, small_stem: bool, image_size: int) -> nn.Module:
-    """A timm backbone returning pooled features; ``num_features`` gives their width."""
+def build_backbone(name: str, small_stem: bool, image_size: int, drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm backbone returning pooled features; ``num_features`` gives their width.
+    ``drop_path_rate``: timm's stochastic depth, for training (an inference-time no-op)."""
     model = timm.create_model(BACKBONES[name].timm_name, pretrained=False, num_classes=0,
-                              **timm_kwargs(name, small_stem, image_size))
+                              drop_path_rate=drop_path_rate, **timm_kwargs(name, small_stem, image_size))
     if small_stem and not name.startswith("vit"):
         # CIFAR-style stem: no early down-sampling, so 32 px images keep spatial detail.
         if name == "mnv2":

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from loaders.registry import BACKENDS, choose
-from sslight.config import AUTO, FIXED_CHOICES, Config, ConfigError, apply_overrides, set_key, \
-    update_from_dict, validate
+from sslight.config import AUTO, FIXED_CHOICES, Config, ConfigError, apply_overrides, as_overrides, set_key, \
+    validate
 from sslight.methods import METHODS
 from sslight.models import BACKBONES
 
@@ -74,19 +74,25 @@ def preset(cfg: Config) -> dict[str, object]:
         values.update({
             "optim.name": "lars",
             "optim.lr": 0.3 if cfg.method == "swav" else 0.48,
+            "optim.min_lr": 0.0048,
             "optim.weight_decay": 1e-6,
             "optim.weight_decay_end": 1e-6,
+            "model.drop_path_rate": 0.0,
         })
     else:
         values.update({
             "optim.name": "adamw",
             "optim.lr": 5e-4,
+            "optim.min_lr": 1e-5,
             "optim.weight_decay": 0.04,
             "optim.weight_decay_end": 0.4,
+            "model.drop_path_rate": 0.1,
         })
     values.update({
+        "optim.warmup_start": 0.075 if cfg.method == "swav" else 0.0,
         "dino.out_dim": 4096 if fam == "cnn" else 65536,
         "dino.use_bn_in_head": fam == "cnn",
+        "dino.norm_last_layer": fam == "cnn",
         "dino.warmup_teacher_temp_epochs": 50 if fam == "cnn" else 30,
     })
     return values
@@ -99,14 +105,22 @@ class Request:
 
     cfg: Config
     given: set[str]
+    source: str = ""  # the config file the base came from
+    from_file: set[str] = field(default_factory=set)  # the keys it set
 
 
-def parse(overrides: list[str], base: dict | None = None) -> Request:
-    """Keys, types and names checked; nothing resolved yet."""
+def parse(overrides: list[str], base: dict | None = None, source: str = "") -> Request:
+    """Keys, types and names checked, of ``base`` (a config file's nested values; its errors name
+    ``source``) and of the overrides over it; nothing resolved yet."""
     cfg = Config()
-    given = update_from_dict(cfg, base) if base else set()
-    given |= apply_overrides(cfg, overrides, choices())
-    return Request(cfg, given)
+    from_file: set[str] = set()
+    if base:
+        try:
+            from_file = apply_overrides(cfg, as_overrides(base), choices())
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+    given = from_file | apply_overrides(cfg, overrides, choices())
+    return Request(cfg, given, source, from_file)
 
 
 @dataclass(frozen=True)
@@ -117,11 +131,13 @@ class Machine:
     cuda: bool
     cores: int = 1
     local_processes: int = 1
+    processes: int = 1  # in the whole run (torchrun's WORLD_SIZE)
 
     @staticmethod
     def here() -> "Machine":
         return Machine(cuda=torch.cuda.is_available(), cores=len(os.sched_getaffinity(0)),
-                       local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+                       local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                       processes=int(os.environ.get("WORLD_SIZE", "1")))
 
     @property
     def workers(self) -> int:
@@ -159,9 +175,17 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
         t.precision = "bf16" if t.device == "cuda" else "fp32"
     if t.compile == AUTO:
         t.compile = t.device == "cuda"
+    if t.sync_bn == AUTO:
+        # as SSLight and DINO: batch statistics over the global batch whenever several GPUs train
+        t.sync_bn = t.device == "cuda" and machine.processes > 1
     if t.out == AUTO:
         t.out = f"runs/{cfg.model.name}_{cfg.method}_{cfg.recipe}"
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as exc:  # a bad value the config file gave: name the file too
+        if request.source and str(exc).split("=", 1)[0] in request.from_file:
+            raise ConfigError(f"{request.source}: {exc}") from None
+        raise
     return cfg
 
 

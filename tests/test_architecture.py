@@ -30,12 +30,14 @@ def project_modules() -> dict[str, Path]:
     return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
 
 
-def imported(path: Path, name: str, known: set[str]) -> set[str]:
-    """The project modules ``path`` imports anywhere in it (function bodies too), with the
-    packages whose ``__init__`` each import runs."""
+def imported(path: Path, name: str, known: set[str]) -> tuple[set[str], set[str]]:
+    """The project modules ``path`` imports: (at its top level, anywhere in it, function bodies
+    too). A name imported from a package counts as the submodule where there is one."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body}
+    top, anywhere = set(), set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -45,23 +47,36 @@ def imported(path: Path, name: str, known: set[str]) -> set[str]:
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
             continue
-        for target in targets:
-            parts = target.split(".")
-            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & known
-    return found - {name}
+        found = {t for t in targets if t in known} - {name}
+        anywhere |= found
+        if id(node) in top_level:
+            top |= found
+    return top, anywhere
+
+
+def parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def import_closure() -> dict[str, set[str]]:
+    """For each module, every project module that using it may run. Using a module may run any of
+    its code, so all its imports count; a package that is only imported on the way to one of its
+    modules runs its ``__init__``'s top level alone."""
     modules = project_modules()
-    direct = {name: imported(path, name, set(modules)) for name, path in modules.items()}
+    imports = {name: imported(path, name, set(modules)) for name, path in modules.items()}
     closure = {}
-    for name in direct:
-        seen, todo = set(), [name]
+    for name in modules:
+        seen, todo = set(), [(name, True)]
         while todo:
-            for dep in direct[todo.pop()] - seen:
-                seen.add(dep)
-                todo.append(dep)
-        closure[name] = seen - {name}
+            module, used = todo.pop()
+            if (module, used) in seen:
+                continue
+            seen.add((module, used))
+            top, anywhere = imports[module]
+            todo += [(dep, True) for dep in (anywhere if used else top)]
+            todo += [(parent, False) for parent in parents(module) if parent in modules]
+        closure[name] = {module for module, _ in seen} - {name}
     return closure
 
 
@@ -75,6 +90,8 @@ def test_the_import_graph_is_read():
     assert "sslight.eval.knn" in graph["sslight.train.loop"]  # a direct import
     assert "sslight.config" in graph["sslight.methods.dino"]  # through sslight.methods.pair_loss
     assert "loaders.batch" in graph["sslight.train.loop"]  # through `from loaders import ...`
+    assert "sslight.train.loop" in graph["sslight.cli"]  # an import inside a function
+    assert "sslight.train.loop" not in graph["sslight.config"]  # sslight/__init__ imports it in a function only
 
 
 @pytest.mark.parametrize("package, forbidden", [

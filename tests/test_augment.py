@@ -177,3 +177,29 @@ def test_cpu_output_buffer_reused_only_when_dropped():
     del first, second
     third = aug(views, 0, torch.Generator().manual_seed(1))
     assert third.data_ptr() == pointer and torch.equal(third, kept)
+
+
+def hsv_hue_turns(before, after):
+    """The hue change of each pixel in turns (-0.5, 0.5], from the RGB hexagon's angle."""
+    def angle(t):
+        r, g, b = t[:, 0], t[:, 1], t[:, 2]
+        return torch.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)
+    return torch.remainder(angle(after) - angle(before) + math.pi, 2 * math.pi) / (2 * math.pi) - 0.5
+
+
+@pytest.mark.parametrize("hue", [-0.1, -0.05, 0.02, 0.05, 0.1])
+def test_hue_shift_agrees_with_torchvision_in_sign_and_size(hue):
+    """The YIQ rotation turns hue the way torchvision's adjust_hue does, by about as much: every
+    pixel's hue moves in the same direction, and the mean move is within 10% of torchvision's
+    (the rotation keeps luma, HSV hue does not, so single pixels differ more)."""
+    aug = Photometric([only()], 224, torch.device("cpu"), torch.float32)
+    x = 0.2 + 0.6 * torch.rand(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    u = torch.full((64, 9), 0.5)
+    u[:, 0], u[:, 5] = 0.0, 1.0  # jitter on, no greyscale
+    u[:, 4] = (hue / 0.5 + 1) / 2  # strength 0.5: factor 2u - 1 gives the hue
+    strengths = torch.tensor([[0.0, 0.0, 0.0, 0.5]]).expand(64, 4)
+    m, o = aug.colour_matrices(u, strengths, torch.ones(64), torch.zeros(64), x.mean((2, 3)))
+    ours = hsv_hue_turns(x, torch.baddbmm(o.unsqueeze(-1), m, x.view(64, 3, -1)).view_as(x))
+    theirs = hsv_hue_turns(x, TF.adjust_hue(x, hue))
+    assert bool((torch.sign(ours) == math.copysign(1, hue)).all()) and bool((torch.sign(theirs) == math.copysign(1, hue)).all())
+    assert abs(ours.mean().item() - theirs.mean().item()) < 0.1 * abs(hue)

@@ -144,3 +144,49 @@ def test_the_auto_choices_are_recorded_and_said_once(cifar_small, tmp_path, caps
     assert saved["loader"] != "auto" and isinstance(saved["workers"], int)
     assert err.count(f"loader: {saved['loader']} (auto: ") == 1
     assert err.count(f"workers: {saved['workers']} (auto: ") == 1
+
+
+def test_a_run_repeated_from_its_config_json_resolves_to_the_same_config(cifar_small, tmp_path):
+    import json
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "--out", str(first), "--data", str(cifar_small), "--model", "r18", "--steps", "1",
+                 "--batch", "8", "views.n_local=2", "eval.every=0", "eval.bank_limit=20", "eval.query_limit=10",
+                 "dino.out_dim=256", "dino.hidden_dim=128", "dino.bottleneck_dim=32"]) == 0
+    assert main(["train", "--config", str(first / "config.json"), "--out", str(second)]) == 0
+    a, b = (json.loads((run / "config.json").read_text()) for run in (first, second))
+    assert a["train"].pop("out") != b["train"].pop("out")
+    assert a == b
+
+
+@pytest.mark.parametrize("text, message", [
+    ("views:\n  n_locals: 10\n", "unknown key 'views.n_locals'; did you mean 'views.n_local'?"),
+    ("train:\n  epochs: many\n", "train.epochs='many': expected an integer"),
+    ("model:\n  name: resnet\n", "model.name='resnet' is not one of mnv2"),
+    ("views:\n  n_local: -1\n", "views.n_local=-1: must be >= 0"),
+    ("views: [1, 2\n", "not valid YAML at line"),
+    ("- just\n- a list\n", "expected a mapping of config sections"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_file(tmp_path, capsys, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert str(path) in err
+    assert not out.exists()
+
+
+def test_pretrain_from_python_goes_through_the_cli_path(cifar_small, tmp_path):
+    import sslight
+
+    path = tmp_path / "short.yaml"
+    path.write_text("views:\n  n_local: 2\ndino:\n  out_dim: 256\n  hidden_dim: 128\n  bottleneck_dim: 32\n")
+    summary = sslight.pretrain(config=str(path), data=str(cifar_small), out=str(tmp_path / "run"), steps=1, batch=8,
+                               overrides={"eval.bank_limit": 20, "eval.query_limit": 10, "data.workers": 0})
+    assert summary["steps"] == 1 and 0 <= summary["knn_top1"] <= 100
+    with pytest.raises(ConfigError, match="pretrain\\(epoch=...\\): not a flag"):
+        sslight.pretrain(epoch=3)
+    with pytest.raises(ConfigError, match="unknown key 'views.n_locals'"):
+        sslight.pretrain(overrides=["views.n_locals=3"])

@@ -63,3 +63,45 @@ def test_schedules():
     assert np.all(np.diff(lr[:10]) > 0) and np.all(np.diff(lr[10:]) <= 0)
     t = linear_then_constant(0.04, 0.07, 50, 20)
     assert np.isclose(t[0], 0.04) and np.isclose(t[19], 0.07) and np.all(t[20:] == 0.07)
+
+
+def dino_clip_gradients(model, clip):
+    """DINO's utils.clip_gradients (SSLight's too), one parameter at a time."""
+    for p in model.parameters():
+        if p.grad is not None:
+            clip_coef = clip / (p.grad.data.norm(2) + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+
+
+def test_per_parameter_clipping_equals_dinos_clip_gradients():
+    from sslight.train.optim import clip_per_parameter
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
+    model(torch.randn(8, 5)).pow(2).sum().mul(50).backward()
+    reference = __import__("copy").deepcopy(model)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        q.grad = p.grad.clone()
+    norms = [p.grad.norm().item() for p in model.parameters()]
+    clip = sorted(norms)[len(norms) // 2]  # some gradients longer, some shorter
+    clip_per_parameter(list(model.parameters()), clip)
+    dino_clip_gradients(reference, clip)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+    assert any(n > clip for n in norms) and any(n < clip for n in norms)
+
+
+def test_depthwise_weights_adapt_but_do_not_decay():
+    conv = torch.nn.Conv2d(4, 4, 3, groups=4)  # depthwise: one input channel per filter
+    groups = param_groups([torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), conv)])
+    depthwise = next(g for g in groups if any(p is conv.weight for p in g["params"]))
+    assert depthwise["adapt"] and not depthwise["regularized"] and depthwise["weight_decay"] == 0.0
+    opt = LARS(groups, lr=0.0, weight_decay=0.0, momentum=0.9, eta=0.001)
+    set_schedule(opt, lr=0.1, weight_decay=0.5)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0, 0.0]
+
+
+def test_warmup_reaches_base_at_its_last_step_from_its_start():
+    lr = cosine(1.2, 0.0048, 100, warmup_steps=10, warmup_start=0.075)
+    assert lr[0] == 0.075 and lr[9] == 1.2 and lr[10] == 1.2 and np.isclose(lr[-1], 0.0048, atol=1e-3)

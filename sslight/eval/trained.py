@@ -3,7 +3,6 @@ trained with (device, precision and compilation re-chosen for the machine that e
 
 from __future__ import annotations
 
-import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from sslight import checkpoint, recipes
-from sslight.config import Config, ConfigError
+from sslight.config import Config, ConfigError, all_keys, as_overrides
 from sslight.models import build_backbone
 
 PREFIX = "student.backbone."  # every method keeps the evaluated backbone at method.student.backbone
@@ -36,13 +35,12 @@ def find(path: str | Path) -> Path:
 
 
 def config_of(saved: dict, overrides: list[str]) -> Config:
-    """The run's config, resolved again on this machine: its saved values but the runtime keys,
-    under ``overrides``."""
-    base = copy.deepcopy(saved)
-    for key in RUNTIME_KEYS:
-        section, name = key.split(".")
-        base[section].pop(name, None)
-    return recipes.resolve(recipes.parse(overrides, base), recipes.Machine.here())
+    """The run's config, resolved again on this machine: its saved values but the runtime keys
+    (and any key this version no longer has), under ``overrides``."""
+    keys = all_keys()
+    kept = [item for item in as_overrides(saved)
+            if (key := item.split("=", 1)[0]) in keys and key not in RUNTIME_KEYS]
+    return recipes.resolve(recipes.parse([*kept, *overrides]), recipes.Machine.here())
 
 
 @dataclass

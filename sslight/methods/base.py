@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from sslight.augment import ViewPhotometry
@@ -80,6 +82,16 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """EMA updates and the like."""
+
+
+def ema_copy(encoder: nn.Module) -> nn.Module:
+    """A frozen copy of ``encoder`` to follow it by EMA (DINO's teacher, MoCo's key encoder): no
+    gradients, and no stochastic depth, which only the student trains with."""
+    frozen = deepcopy(encoder).requires_grad_(False)
+    for module in frozen.modules():
+        if isinstance(module, DropPath):
+            module.drop_prob = 0.0
+    return frozen
 
 
 @torch.no_grad()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslight import distributed
-from sslight.methods.base import Method, StepContext, ema_update
+from sslight.methods.base import Method, StepContext, ema_copy, ema_update
 from sslight.methods.heads import DinoHead, Encoder
 from sslight.methods.pair_loss import cross_entropy_pairs, pair_loss_terms, pair_weights, weighted_pair_loss
 from sslight.schedules import cosine, linear_then_constant
@@ -22,9 +20,10 @@ class Dino(Method):
         student that then follows it by EMA."""
         super().__init__(cfg, n_global, n_local)
         d = cfg.dino
-        head = DinoHead(backbone.num_features, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.use_bn_in_head)
+        head = DinoHead(backbone.num_features, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.use_bn_in_head,
+                        d.norm_last_layer)
         self.student = Encoder(backbone, head)
-        self.teacher = teacher if teacher is not None else copy.deepcopy(self.student).requires_grad_(False)
+        self.teacher = teacher if teacher is not None else ema_copy(self.student)
         self.register_buffer("center", torch.zeros(1, d.out_dim))
         views = n_global + n_local
         self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
@@ -62,8 +61,10 @@ class Dino(Method):
         self.center.mul_(m).add_(batch_center, alpha=1 - m)
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
-        if ctx.epoch < self.cfg.dino.freeze_last_layer:
+        if ctx.epoch < self.cfg.dino.freeze_last_layer:  # DINO: every last-layer parameter, the gain too
             self.student.head.last_layer.grad = None
+            if self.student.head.last_layer_gain is not None:
+                self.student.head.last_layer_gain.grad = None
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         ema_update(self.teacher, self.student, ctx.momentum)

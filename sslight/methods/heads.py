@@ -18,12 +18,17 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, bn: bool, act=nn.G
 
 
 class DinoHead(nn.Module):
-    """3-layer MLP, bottleneck, L2 norm, weight-normalised last layer (norm fixed to 1, as DINO)."""
+    """3-layer MLP, bottleneck, L2 norm, weight-normalised last layer: each output's weight vector
+    ``last_layer`` normalised, times its gain, which is fixed at 1 with ``norm_last_layer`` (DINO's
+    default, SSLight's CNNs) and trained from 1 without it (``last_layer_gain``; SSLight's ViTs),
+    as DINO's ``weight_norm`` with its ``weight_g`` frozen or not."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, bn: bool):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, bn: bool,
+                 norm_last_layer: bool = True):
         super().__init__()
         self.mlp = _mlp(in_dim, hidden, bottleneck, 3, bn)
         self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck))
+        self.last_layer_gain = None if norm_last_layer else nn.Parameter(torch.ones(out_dim, 1))
         nn.init.trunc_normal_(self.last_layer, std=0.02)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
@@ -32,7 +37,8 @@ class DinoHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.last_layer, dim=-1))
+        weight = F.normalize(self.last_layer, dim=-1)
+        return F.linear(x, weight if self.last_layer_gain is None else self.last_layer_gain * weight)
 
 
 class ProjectionHead(nn.Module):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sslight import distributed
-from sslight.methods.base import Method, StepContext, ema_update
+from sslight.methods.base import Method, StepContext, ema_copy, ema_update
 from sslight.methods.heads import Encoder, ProjectionHead
 from sslight.methods.pair_loss import pair_loss_terms, pair_weights, weighted_pair_loss
 
@@ -19,7 +17,7 @@ class Moco(Method):
         super().__init__(cfg, n_global, n_local)
         m = cfg.moco
         self.student = Encoder(backbone, ProjectionHead(backbone.num_features, m.hidden_dim, m.out_dim, bn=False))
-        self.key_encoder = copy.deepcopy(self.student).requires_grad_(False)
+        self.key_encoder = ema_copy(self.student)
         self.register_buffer("queue", F.normalize(torch.randn(m.queue_length, m.out_dim), dim=1))
         views = n_global + n_local
         # the key is view 0; queries are every other view (P_gg = n_global - 1, P_gl = n_local)

@@ -87,7 +87,8 @@ def load_teacher(cfg: Config) -> Encoder:
         raise ConfigError(f"{head_key}={head_file!r}: the teacher's head has out_dim {d['out_dim']}, the "
                           f"student's dino.out_dim is {cfg.dino.out_dim}; set dino.out_dim={d['out_dim']}")
     backbone = build_backbone(m["name"], m["small_stem"], config["views"]["global_size"])
-    head = DinoHead(backbone.num_features, d["out_dim"], d["hidden_dim"], d["bottleneck_dim"], d["use_bn_in_head"])
+    head = DinoHead(backbone.num_features, d["out_dim"], d["hidden_dim"], d["bottleneck_dim"], d["use_bn_in_head"],
+                    d.get("norm_last_layer", True))
     model = f"{m['name']}{' (small stem)' if m['small_stem'] else ''}"
     if timm_file:
         backbone_weights = read_safetensors(t.path)

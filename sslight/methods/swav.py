@@ -49,7 +49,9 @@ class Swav(Method):
         s = cfg.swav
         self.student = Encoder(backbone, ProjectionHead(backbone.num_features, s.hidden_dim, s.out_dim, bn=True))
         self.prototypes = nn.Linear(s.out_dim, s.n_prototypes, bias=False)
-        self.register_buffer("queue", torch.zeros(n_global, s.queue_length, s.out_dim))
+        # as SSLight (and SwAV): the queue holds whole global batches
+        self.queue_length = s.queue_length - s.queue_length % (cfg.train.batch_size * distributed.world_size())
+        self.register_buffer("queue", torch.zeros(n_global, self.queue_length, s.out_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         views = n_global + n_local
         self.register_buffer("weights", pair_weights(list(range(n_global)), list(range(views)), n_global,
@@ -70,11 +72,11 @@ class Swav(Method):
         feats, z = self.student(groups)
         scores = self.prototypes(z).float()
         global_scores = scores[: self.n_global * batch].detach().view(self.n_global, batch, -1)
-        use_queue = s.queue_length > 0 and ctx.epoch >= s.epoch_queue_starts
+        use_queue = self.queue_length > 0 and ctx.epoch >= s.epoch_queue_starts
         if use_queue:
             # queued embeddings join the Sinkhorn batch once the queue is full (as in SwAV)
             queued = self.queue @ self.prototypes.weight.detach().T
-            full = self.queue_filled >= s.queue_length
+            full = self.queue_filled >= self.queue_length
             targets = sinkhorn(torch.cat([queued, global_scores], 1), s.epsilon, s.sinkhorn_iterations,
                                shared=queued.shape[1])[:, -batch:]
             targets = torch.where(full, targets, sinkhorn(global_scores, s.epsilon, s.sinkhorn_iterations))

@@ -54,10 +54,10 @@ class Run:
         return self.claim.resume_from
 
 
-def prepare(overrides: list[str], base: dict | None = None) -> Run:
-    """Resolve the config (``base``: a saved config's values, under the overrides) and check every
-    input; writes nothing in the output folder."""
-    request, machine = recipes.parse(overrides, base), recipes.Machine.here()
+def prepare(overrides: list[str], base: dict | None = None, source: str = "") -> Run:
+    """Resolve the config (``base``: a config file's values, read from ``source``, under the
+    overrides) and check every input; writes nothing in the output folder."""
+    request, machine = recipes.parse(overrides, base, source), recipes.Machine.here()
     image_size = probe_image_size(request.cfg.data.path)
     cfg = recipes.resolve(request, machine, image_size)
     install_hint = missing_loader(cfg.data.loader)
@@ -85,7 +85,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_method(cfg: Config, device: torch.device, inputs: dict) -> Method:
-    backbone = build_backbone(cfg.model.name, cfg.model.small_stem, cfg.views.global_size)
+    backbone = build_backbone(cfg.model.name, cfg.model.small_stem, cfg.views.global_size, cfg.model.drop_path_rate)
     method = METHODS[cfg.method](cfg, backbone, cfg.views.n_global, cfg.views.n_local, **inputs)
     if cfg.train.sync_bn:
         method = distributed.convert_sync_bn(method)

@@ -11,19 +11,30 @@ from sslight.config import Config
 from sslight.schedules import cosine
 
 
+def is_depthwise(p: torch.Tensor) -> bool:
+    return p.ndim == 4 and p.shape[1] == 1  # a convolution with one input channel per filter
+
+
 def param_groups(modules: list[nn.Module]) -> list[dict]:
-    """Weights get weight decay and LARS adaptation; biases and norm parameters get neither."""
-    regular, flat = [], []
+    """Weights get weight decay and LARS adaptation; biases and norm parameters get neither; the
+    weights of depthwise convolutions (MobileNetV2's) get LARS adaptation but no weight decay, as
+    in SSLight (WD_FACTOR_FOR_DW 0, LARS_EXCLUDE_DW False). The depthwise group exists only where
+    there are such weights."""
+    regular, depthwise, flat = [], [], []
     for module in modules:
         for p in module.parameters():
             if p.requires_grad:
-                (flat if p.ndim <= 1 else regular).append(p)
-    return [dict(params=regular, regularized=True), dict(params=flat, regularized=False, weight_decay=0.0)]
+                (flat if p.ndim <= 1 else depthwise if is_depthwise(p) else regular).append(p)
+    groups = [dict(params=regular, regularized=True, adapt=True)]
+    if depthwise:
+        groups.append(dict(params=depthwise, regularized=False, adapt=True, weight_decay=0.0))
+    return groups + [dict(params=flat, regularized=False, adapt=False, weight_decay=0.0)]
 
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratio ``eta * ||w|| / ||g + wd * w||`` (as in
-    DINO/SwAV), applied with foreach ops: a few kernels per step, not one per parameter."""
+    DINO/SwAV/SSLight) for the groups that ``adapt``, applied with foreach ops: a few kernels per
+    step, not one per parameter."""
 
     def __init__(self, groups, lr: float, weight_decay: float, momentum: float, eta: float):
         super().__init__(groups, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
@@ -35,9 +46,9 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            if group["regularized"]:
-                if group["weight_decay"]:
-                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["adapt"]:
                 p_norm = torch.stack(torch._foreach_norm(params))
                 g_norm = torch.stack(torch._foreach_norm(grads))
                 trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm,
@@ -69,9 +80,21 @@ def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: floa
 
 
 def lr_wd_schedules(cfg: Config, steps_per_epoch: int, world: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step learning rate (linear scaling rule: base lr per 256 images of the global batch,
-    warm-up, cosine) and weight decay (cosine)."""
+    """Per-step learning rate (linear scaling rule: base lr per 256 images of the global batch;
+    warm-up from the absolute ``optim.warmup_start``; cosine to the absolute ``optim.min_lr``, as
+    SSLight's trainer) and weight decay (cosine)."""
     o, total = cfg.optim, cfg.train.epochs * steps_per_epoch
     lr = o.lr * cfg.train.batch_size * world / 256
-    return (cosine(lr, o.min_lr, total, int(o.warmup_epochs * steps_per_epoch)),
+    return (cosine(lr, o.min_lr, total, int(o.warmup_epochs * steps_per_epoch), o.warmup_start),
             cosine(o.weight_decay, o.weight_decay_end, total))
+
+
+@torch.no_grad()
+def clip_per_parameter(params: list[torch.Tensor], max_norm: float) -> None:
+    """Each parameter's gradient scaled down to norm ``max_norm`` where it is longer: DINO's (and
+    SSLight's) ``clip_gradients``, ``clip / (norm + 1e-6)``, in a few foreach kernels."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    torch._foreach_mul_(grads, list((max_norm / (norms + 1e-6)).clamp(max=1.0).unbind()))

@@ -14,7 +14,7 @@ from sslight.augment import Photometric
 from sslight.methods import Method, StepContext
 from sslight.precision import autocast
 from sslight.train.faults import NonFiniteGuard
-from sslight.train.optim import set_schedule
+from sslight.train.optim import clip_per_parameter, set_schedule
 from sslight.train.probe import JointProbe
 
 
@@ -75,8 +75,7 @@ class Step:
             self.guard.restore(self.method, snapshot)
             return None, skipped
         if self.clip_grad:
-            torch.nn.utils.clip_grad_norm_([p for m in self.method.trainable() for p in m.parameters()],
-                                           self.clip_grad)
+            clip_per_parameter([p for m in self.method.trainable() for p in m.parameters()], self.clip_grad)
         self.method.before_optimizer_step(ctx)
         self.optimizer.step()
         self.method.after_optimizer_step(ctx)
