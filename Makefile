@@ -10,6 +10,7 @@ CONFIG ?=
 MODEL ?=
 METHOD ?=
 RECIPE ?=
+SCHEDULE ?=
 LOADER ?=
 DATA ?=
 EPOCHS ?=
@@ -61,6 +62,7 @@ LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalo
 
 train: install data-link
 	$(LAUNCH) -m sslight train --config "$(CONFIG)" --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
+		--schedule "$(SCHEDULE)" \
 		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
 		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
 		--teacher "$(TEACHER)" $(ARGS)

@@ -6,7 +6,7 @@
 # compiled bf16 steps, data.loader=auto on CUDA, the prefetched decode against the serial one),
 # the backend contract and overlap tests on the GPU's Python, then the GPU benchmark suite into
 # $OUT/bench (or runs/bench): loaders, and the default make train (auto, overlapped) against its
-# serial decode and pil, compiled bf16 against eager fp32.
+# serial decode and pil, compiled bf16 against eager fp32; last, a short DINO run with its kNN gain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_IN=gpu_data
@@ -19,3 +19,6 @@ python -c "import torch, torchvision, timm; print('torch', torch.__version__, 't
 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prefetch.py tests/test_backends.py tests/test_nvjpeg.py \
     tests/test_augment.py || echo "gpu_check: tests failed (exit $?); the benchmarks run all the same"
 python -m benchmarks.suite --profile gpu --imagenet "$DATA_IN/imagenet-sample" --out "$OUT_DIR/bench"
+# a learning point on the GPU: the short schedule (60,000 CIFAR-10 images), kNN at init and after
+timeout 240 python -m benchmarks.learning --methods dino --model r18 | tee "$OUT_DIR/learning.md" \
+    || echo "gpu_check: the learning run did not finish in 4 minutes (exit $?)"

@@ -10,7 +10,7 @@ from sslight.config import ConfigError
 
 # flag -> dotted key; empty values (unset Make variables) are ignored
 FLAGS = {
-    "model": "model.name", "method": "method", "recipe": "recipe", "loader": "data.loader",
+    "model": "model.name", "method": "method", "recipe": "recipe", "schedule": "schedule", "loader": "data.loader",
     "data": "data.path", "epochs": "train.epochs", "batch": "train.batch_size", "steps": "train.steps",
     "out": "train.out", "resume": "train.resume", "seed": "train.seed",
     "teacher": "teacher.path",

@@ -128,6 +128,7 @@ class EvalConfig:
     temperature: float = 0.07
     bank_limit: int = 0  # 0 = the whole train split
     query_limit: int = 0  # 0 = the whole test split
+    at_start: bool = False  # also kNN at initialisation, so the end says what training gained
 
 
 @dataclass
@@ -174,6 +175,7 @@ class TrainConfig:
 class Config:
     method: str = "dino"
     recipe: str = "sslight"
+    schedule: str = "full"  # a named schedule (recipes.SCHEDULES): "short" is the CPU learning check's
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)

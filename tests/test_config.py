@@ -190,3 +190,23 @@ def test_pretrain_from_python_goes_through_the_cli_path(cifar_small, tmp_path):
         sslight.pretrain(epoch=3)
     with pytest.raises(ConfigError, match="unknown key 'views.n_locals'"):
         sslight.pretrain(overrides=["views.n_locals=3"])
+
+
+def test_the_short_schedule_fills_what_the_user_leaves_and_beats_the_presets():
+    from sslight.config import get, parse_value, all_keys, split_override
+    from sslight.recipes import SHORT
+
+    cfg = build_config(["schedule=short", "method=swav"])
+    keys = all_keys()
+    for item in SHORT:
+        key, text = split_override(item)
+        assert get(cfg, key) == parse_value(key, text, keys[key]), key
+    assert cfg.eval.at_start is True
+    mine = build_config(["schedule=short", "train.epochs=7", "data.limit=100"])
+    assert (mine.train.epochs, mine.data.limit) == (7, 100)  # the user's values win
+    assert build_config([]).eval.at_start is False and build_config([]).train.epochs == 100
+
+
+def test_an_unknown_schedule_lists_the_schedules():
+    with pytest.raises(ConfigError, match="schedule='long' is not one of full, short"):
+        build_config(["schedule=long"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslight.config import ConfigError, all_keys, _closest
-from sslight.recipes import SHORT, build_config, parse
+from sslight.recipes import build_config, parse
 
 PAIR_SEPARATOR = ":"
 NOT_SWEPT = ("train.out", "train.resume")  # the sweep sets these for every run
@@ -114,7 +114,7 @@ def plan(axes: list[Axis], base: list[str], out: Path) -> list[Planned]:
             raise ConfigError(f"{item!r}: a sweep sets {key} per run; use the sweep's OUT and RESUME")
     runs = []
     for point in points(axes):
-        overrides = [*SHORT, *base, *(override(k, v) for k, v in point.items())]
+        overrides = ["schedule=short", *base, *(override(k, v) for k, v in point.items())]
         build_config(overrides)  # bad values stop the sweep before any run starts
         name = run_name(point)
         runs.append(Planned(name, point, overrides, out / name))

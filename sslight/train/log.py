@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -52,13 +54,13 @@ def read(path: Path) -> list[dict]:
 
 
 def epoch_bar(console: Console) -> Progress:
-    """The per-epoch progress bar: loss, lr, images/s, data-wait %, ETA."""
+    """The per-epoch progress bar: loss, lr, images/s, data-wait %, the collapse indicator, ETA."""
     return Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[ips]} img/s  "
-                   "data-wait {task.fields[wait]}%"),
+                   "data-wait {task.fields[wait]}%  rank {task.fields[rank]}"),
         TimeRemainingColumn(),
         console=console,
         transient=False,
@@ -86,6 +88,50 @@ class LoaderBoundHint:
             tries.append(f"more workers (ARGS=data.workers={self.workers + 1}; {self.cores} cores here)")
         tries.append("a smaller recipe (fewer or smaller local views)")
         return f"loader-bound: data-wait {wait_pct:.0f}% over the last log window; try " + " / ".join(tries)
+
+
+class CollapseMonitor:
+    """Whether the student's representation is collapsing, read from the backbone features of the
+    last step's first student view, at log steps only (the step just keeps a reference):
+    - ``feature_std``: the per-dimension standard deviation of the L2-normalised features over the
+      batch, times sqrt(d): 1 when the batch spreads evenly over all d dimensions (std 1/sqrt(d)),
+      0 when every image maps to the same direction;
+    - ``rankme``: the effective rank of the batch's features (RankMe, Garrido et al. 2023: the
+      exponential of the entropy of the normalised singular values), at most min(batch, d);
+      ``rank_fraction`` is it over that bound.
+    A warning, once per run, when ``rank_fraction`` falls below ``RANK_WARNING``: collapse in
+    these runs is dimensional (the batch spans a few directions) long before it is complete, and
+    feature_std stays near its healthy value through it (BENCHMARKS.md, collapse traces)."""
+
+    RANK_WARNING = 0.2
+
+    def __init__(self):
+        self.features: torch.Tensor | None = None
+        self.warned = False
+
+    def keep(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    @torch.no_grad()
+    def read(self) -> dict[str, float]:
+        if self.features is None:
+            return {}
+        f = self.features.detach().float()
+        std = F.normalize(f, dim=1).std(0).mean() * math.sqrt(f.shape[1])
+        p = torch.linalg.svdvals(f)
+        p = p / p.sum().clamp_min(1e-12)
+        rank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
+        return dict(feature_std=std.item(), rankme=rank, rank_fraction=rank / min(f.shape))
+
+    def warning(self, stats: dict[str, float]) -> str | None:
+        if self.warned or not stats or stats["rank_fraction"] >= self.RANK_WARNING:
+            return None
+        self.warned = True
+        return (f"collapse: the features' effective rank is {stats['rankme']:.1f}, "
+                f"{stats['rank_fraction']:.0%} of its bound (warning below {self.RANK_WARNING:.0%}); "
+                f"feature spread {stats['feature_std']:.2f} of the collapse-free one. The student maps the "
+                "batch onto a few directions: for DINO check the centring and the teacher temperature, "
+                "for any method the learning rate")
 
 
 def digest(tensors) -> str:

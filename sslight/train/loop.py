@@ -28,7 +28,7 @@ from sslight.models import build_backbone
 from sslight.precision import dtype_of
 from sslight.train import faults
 from sslight.train.faults import NonFiniteGuard
-from sslight.train.log import LoaderBoundHint, MetricsLog, epoch_bar, traced_from_env
+from sslight.train.log import CollapseMonitor, LoaderBoundHint, MetricsLog, epoch_bar, read, traced_from_env
 from sslight.train.optim import build_optimizer, lr_wd_schedules, param_groups
 from sslight.train.probe import JointProbe
 from sslight.train.run_folder import Claim, claim
@@ -109,6 +109,7 @@ class Parts:
     steps_per_epoch: int
     max_steps: int
     hint: LoaderBoundHint
+    collapse: CollapseMonitor
 
 
 def build(run: Run) -> Parts:
@@ -130,12 +131,13 @@ def build(run: Run) -> Parts:
                               cfg.views.global_size, device, dtype)
     augment = faults.poisoned_from_env(seeded_augment(photometric, t.seed, device))
     guard = NonFiniteGuard(t.skip_nonfinite, device)
+    monitor = CollapseMonitor()
     step = Step(method, distributed.wrap(method, dist), optimizer, schedules, augment, guard, probe,
-                cfg.optim.clip_grad, dtype)
+                cfg.optim.clip_grad, dtype, monitor)
     state = TrainState(method, optimizer, probe, guard, replacing=list(run.claim.replacing))
     return Parts(state, loader, traced_from_env(step, method, dist.rank),
                  schedules, steps_per_epoch, t.steps or total,
-                 LoaderBoundHint(cfg.data.loader, cfg.data.workers, len(os.sched_getaffinity(0))))
+                 LoaderBoundHint(cfg.data.loader, cfg.data.workers, len(os.sched_getaffinity(0))), monitor)
 
 
 def train(run: Run, console: Console | None = None) -> dict:
@@ -152,6 +154,10 @@ def train(run: Run, console: Console | None = None) -> dict:
             console.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}", soft_wrap=True)
         log = MetricsLog(run.out, enabled=run.dist.main)
         summary: dict = dict(out=str(run.out))
+        if run.resume_from is None and run.cfg.eval.at_start and run.dataset.test is not None and run.dist.main:
+            init = evaluate(run, parts)["knn_top1"]
+            log.write("init", 0, knn_top1=init)
+            console.print(f"kNN top-1 at initialisation: {init:.2f}")
         try:
             while at.epoch < run.cfg.train.epochs and at.step < parts.max_steps:
                 loss_sum, interrupted = train_one_epoch(run, parts, at, log, signals, console)
@@ -160,7 +166,23 @@ def train(run: Run, console: Console | None = None) -> dict:
             log.close()
     if run.dataset.test is None:
         console.print("evaluation skipped: the dataset has no labelled test/val split")
+    summary.update(gain(run, summary, console))
     return summary
+
+
+def gain(run: Run, summary: dict, console: Console) -> dict:
+    """What training gained on kNN top-1 since initialisation, where both were measured (the
+    start's measurement is in metrics.jsonl, also for a resumed run)."""
+    path = run.out / "metrics.jsonl"
+    if "knn_top1" not in summary or not run.dist.main or not path.exists():
+        return {}
+    init = next((r["knn_top1"] for r in read(path) if r["kind"] == "init"), None)
+    if init is None:
+        return {}
+    points = summary["knn_top1"] - init
+    console.print(f"kNN top-1: {init:.2f} at initialisation -> {summary['knn_top1']:.2f} after training "
+                  f"({points:+.2f} points)")
+    return dict(knn_top1_init=init, knn_gain=points)
 
 
 def write_run_files(run: Run, console: Console) -> None:
@@ -195,7 +217,7 @@ def train_one_epoch(run: Run, parts: Parts, at: Position, log: MetricsLog, signa
         state.guard.skipped_in_epoch = 0
     loss_sum = torch.full((), at.epoch_loss_sum if resumed else 0.0, device=run.device, dtype=torch.float64)
     window, interrupted = Window(run.device), 0
-    shown = dict(loss="-", lr="-", ips="-", wait="-")
+    shown = dict(loss="-", lr="-", ips="-", wait="-", rank="-")
     with epoch_bar(console) as bar:
         task = bar.add_task("train", total=parts.steps_per_epoch, completed=at.batch_in_epoch, epoch=at.epoch,
                             **shown)
@@ -259,11 +281,14 @@ def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size:
         ips = window.steps * batch_size * run.dist.world / elapsed
         wait = 100 * window.wait / elapsed
         lr = float(parts.schedules.lr[at.step - 1])
-        shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ips=f"{ips:.0f}", wait=f"{wait:.0f}")
-        log.write("train", at.step, epoch=at.epoch, loss=loss, lr=lr, images_per_s=ips, data_wait_pct=wait)
-        hint = parts.hint.check(wait)
-        if hint:
-            console.print(f"[yellow]{hint}", soft_wrap=True)
+        collapse = parts.collapse.read()
+        shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ips=f"{ips:.0f}", wait=f"{wait:.0f}",
+                     rank=f"{collapse['rank_fraction']:.0%}" if collapse else "-")
+        log.write("train", at.step, epoch=at.epoch, loss=loss, lr=lr, images_per_s=ips, data_wait_pct=wait,
+                  **collapse)
+        for warning in (parts.hint.check(wait), parts.collapse.warning(collapse)):
+            if warning:
+                console.print(f"[yellow]{warning}", soft_wrap=True)
     window.reset()
     return shown
 

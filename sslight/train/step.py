@@ -14,6 +14,7 @@ from sslight.augment import Photometric
 from sslight.methods import Method, StepContext
 from sslight.precision import autocast
 from sslight.train.faults import NonFiniteGuard
+from sslight.train.log import CollapseMonitor
 from sslight.train.optim import clip_per_parameter, set_schedule
 from sslight.train.probe import JointProbe
 
@@ -57,6 +58,7 @@ class Step:
     probe: JointProbe | None
     clip_grad: float
     dtype: torch.dtype
+    monitor: CollapseMonitor
 
     def __call__(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor | None, str | None]:
         """Photometric augmentation, forward, non-finite guard, backward, update, probe.
@@ -81,4 +83,5 @@ class Step:
         self.method.after_optimizer_step(ctx)
         if self.probe is not None:
             self.probe.step(feats, batch.labels)
+        self.monitor.keep(feats)
         return loss.detach(), None

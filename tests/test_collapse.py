@@ -1,0 +1,72 @@
+"""The collapse indicator: its statistics on known feature sets, and on tiny runs that learn or
+collapse (DINO with a uniform teacher, temperature 1.0, and a high constant learning rate)."""
+
+import math
+
+import pytest
+import torch
+
+from sslight.cli import main
+from sslight.train.log import CollapseMonitor, read
+from tests.conftest import TINY
+
+
+def stats_of(features: torch.Tensor) -> dict[str, float]:
+    monitor = CollapseMonitor()
+    monitor.keep(features)
+    return monitor.read()
+
+
+def test_spread_features_read_as_healthy():
+    stats = stats_of(torch.randn(256, 64, generator=torch.Generator().manual_seed(0)))
+    assert stats["feature_std"] == pytest.approx(1.0, abs=0.05)  # std 1/sqrt(d) per dimension
+    assert stats["rank_fraction"] > 0.8
+    assert CollapseMonitor().warning(stats) is None
+
+
+def test_features_on_a_few_directions_read_as_collapsed_and_warn_once():
+    g = torch.Generator().manual_seed(0)
+    few = torch.randn(256, 2, generator=g) @ torch.randn(2, 64, generator=g) + 1e-3 * torch.randn(256, 64, generator=g)
+    stats = stats_of(few)
+    assert stats["rankme"] < 2.5 and stats["rank_fraction"] < CollapseMonitor.RANK_WARNING
+    monitor = CollapseMonitor()
+    assert "effective rank" in monitor.warning(stats)
+    assert monitor.warning(stats) is None
+
+
+def test_one_point_reads_as_complete_collapse():
+    stats = stats_of(torch.ones(64, 32) + 1e-6 * torch.randn(64, 32))
+    assert stats["feature_std"] < 0.01 and stats["rankme"] < 1.5
+
+
+TINY_RUN = ["--model", "r18", "--batch", "32", "--epochs", "3", "--schedule", "short", "data.limit=0",
+            "eval.at_start=false", "model.small_stem=false", "views.n_local=2", "optim.warmup_epochs=0",
+            "dino.freeze_last_layer=0", "train.log_every=2", *TINY]
+
+
+@pytest.fixture(scope="module")
+def flat_cifar(data_dir, tmp_path_factory):
+    """320 CIFAR-10 training images, unlabelled: a run on them skips evaluation."""
+    flat = tmp_path_factory.mktemp("flat-cifar")
+    classes = sorted((data_dir / "cifar10" / "train").iterdir())
+    for c in classes:
+        for f in sorted(c.iterdir())[:32]:
+            (flat / f"{c.name}_{f.name}").symlink_to(f)
+    return flat
+
+
+def rank_trace(out, data, *args):
+    assert main(["train", "--out", str(out), "--data", str(data), *TINY_RUN, *args]) == 0
+    return [r["rank_fraction"] for r in read(out / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def test_the_indicator_separates_a_collapsing_run_from_a_learning_one(flat_cifar, tmp_path, capsys):
+    learning = rank_trace(tmp_path / "learning", flat_cifar)
+    assert "collapse:" not in capsys.readouterr().err
+    collapsing = rank_trace(tmp_path / "collapsing", flat_cifar, "dino.teacher_temp=1.0",
+                            "dino.warmup_teacher_temp=1.0", "optim.lr=10",
+                            "optim.min_lr=1.25")  # lr 10 per 256 = 1.25 at batch 32, held
+    assert "collapse: the features' effective rank" in capsys.readouterr().err
+    assert all(map(math.isfinite, learning + collapsing))
+    late = slice(len(learning) // 2, None)
+    assert max(collapsing[late]) < min(learning[late])
