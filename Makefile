@@ -98,7 +98,7 @@ bench-gpu: install bench-data
 # archive, 200 ImageNet-sized JPEGs and the pure-Python wheels it lacks. Then, there:
 # bash scripts/gpu_check.sh
 GPU_WHEELS := simplejpeg rich markdown-it-py mdurl pygments pytest iniconfig pluggy packaging matplotlib contourpy \
-	cycler fonttools kiwisolver pyparsing python-dateutil six
+	cycler fonttools kiwisolver pyparsing python-dateutil six pyyaml
 gpu-data: install
 	rm -rf gpu_data && mkdir -p gpu_data/wheels gpu_data/imagenet-sample
 	cp "$(realpath $(SHARED_CIFAR))" gpu_data/
