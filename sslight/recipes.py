@@ -35,7 +35,7 @@ REFERENCE_GLOBAL_SIZE = 224
 
 # The short schedule (SCHEDULE=short; sweep runs and the CPU learning check): 60,000 images of
 # training (a 20,000-image CIFAR-10 subset, 3 epochs) and kNN on the whole train and test splits at
-# initialisation and at the end, about 12-15 minutes for MobileNetV2 or ResNet-18 on 2 cores.
+# initialisation and at the end, about 15 minutes for MobileNetV2 or ResNet-18 on 2 cores.
 # timm's ImageNet stem: the small-input stem costs 5-12x the compute per 32 px image, and in a
 # fixed time more images beat it (BENCHMARKS.md, learning check). Warm-ups and freezes are
 # shortened to the run, and LARS's trust coefficient raised to 0.02 as solo-learn's CIFAR configs

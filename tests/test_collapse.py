@@ -39,18 +39,18 @@ def test_one_point_reads_as_complete_collapse():
     assert stats["feature_std"] < 0.01 and stats["rankme"] < 1.5
 
 
-TINY_RUN = ["--model", "r18", "--batch", "32", "--epochs", "3", "--schedule", "short", "data.limit=0",
+TINY_RUN = ["--model", "r18", "--batch", "64", "--epochs", "3", "--schedule", "short", "data.limit=0",
             "eval.at_start=false", "model.small_stem=false", "views.n_local=2", "optim.warmup_epochs=0",
             "dino.freeze_last_layer=0", "train.log_every=2", *TINY]
 
 
 @pytest.fixture(scope="module")
 def flat_cifar(data_dir, tmp_path_factory):
-    """320 CIFAR-10 training images, unlabelled: a run on them skips evaluation."""
+    """640 CIFAR-10 training images, unlabelled: a run on them skips evaluation."""
     flat = tmp_path_factory.mktemp("flat-cifar")
     classes = sorted((data_dir / "cifar10" / "train").iterdir())
     for c in classes:
-        for f in sorted(c.iterdir())[:32]:
+        for f in sorted(c.iterdir())[:64]:
             (flat / f"{c.name}_{f.name}").symlink_to(f)
     return flat
 
@@ -65,7 +65,7 @@ def test_the_indicator_separates_a_collapsing_run_from_a_learning_one(flat_cifar
     assert "collapse:" not in capsys.readouterr().err
     collapsing = rank_trace(tmp_path / "collapsing", flat_cifar, "dino.teacher_temp=1.0",
                             "dino.warmup_teacher_temp=1.0", "optim.lr=10",
-                            "optim.min_lr=1.25")  # lr 10 per 256 = 1.25 at batch 32, held
+                            "optim.min_lr=2.5")  # lr 10 per 256 = 2.5 at batch 64, held
     assert "collapse: the features' effective rank" in capsys.readouterr().err
     assert all(map(math.isfinite, learning + collapsing))
     late = slice(len(learning) // 2, None)
