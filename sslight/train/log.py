@@ -110,13 +110,13 @@ class CollapseMonitor:
         self.warned = False
 
     def keep(self, features: torch.Tensor) -> None:
-        self.features = features
+        self.features = features.detach()  # no graph kept alive between steps; no host sync
 
     @torch.no_grad()
     def read(self) -> dict[str, float]:
         if self.features is None:
             return {}
-        f = self.features.detach().float()
+        f = self.features.float()
         std = F.normalize(f, dim=1).std(0).mean() * math.sqrt(f.shape[1])
         p = torch.linalg.svdvals(f)
         p = p / p.sum().clamp_min(1e-12)
