@@ -9,6 +9,7 @@ from sslight.cli import main
 from sslight.config import ConfigError
 from sslight.sweep.grid import override, parse_grid, plan, points, run_name
 from sslight.recipes import build_config
+from sslight.sweep.seeds import comparisons, spread
 from tests.conftest import TINY
 
 
@@ -64,10 +65,13 @@ def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path,
             "linear.epochs=5"]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "| run | loss.alpha | knn_top1 | linear_top1 | linear_top5 | images_per_s | wall_min | status |" in table
+    assert ("| run | loss.alpha | knn_top1 | knn_top1_init | knn_gain | linear_top1 | linear_top5 | images_per_s "
+            "| wall_min | status |") in table
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["loss.alpha"] for r in rows] == ["auto", "0.4"]
     assert all(0 <= float(r["knn_top1"]) <= 100 and float(r["images_per_s"]) > 0 for r in rows)
+    assert all(float(r["knn_gain"]) == pytest.approx(float(r["knn_top1"]) - float(r["knn_top1_init"]), abs=1e-4)
+               for r in rows)
     assert all(0 <= float(r["linear_top1"]) <= float(r["linear_top5"]) <= 100 for r in rows)
     assert (out / "plot_loss.alpha.png").stat().st_size > 0
     finished = out / "loss.alpha=0.4" / "result.json"
@@ -87,3 +91,23 @@ def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path,
 
     with pytest.raises(ConfigError, match="other settings"):  # the folder belongs to this grid's settings
         plan(parse_grid("loss.alpha=auto,0.4"), ["train.batch_size=8"], out)
+
+
+def seeded_table(scores: dict[str, list[float]]) -> list[dict]:
+    return [{"recipe": recipe, "train.seed": str(seed), "knn_top1": knn, "knn_gain": knn - 20.0}
+            for recipe, knns in scores.items() for seed, knn in enumerate(knns)]
+
+
+def test_seed_repeats_give_mean_std_and_whether_a_difference_beats_the_noise():
+    axes = parse_grid("recipe=baseline,sslight train.seed=0,1,2")
+    apart = seeded_table({"baseline": [30.0, 30.5, 29.5], "sslight": [35.0, 35.4, 34.6]})
+    (base, ssl) = spread(axes, apart).rows
+    assert base[:3] == ("baseline", 3, 30.0) and base[3] == pytest.approx(0.5)
+    assert ssl[4] == pytest.approx(15.0) and ssl[5] == pytest.approx(0.4)
+    (row,) = comparisons(axes, apart).rows
+    assert row[:3] == ("recipe", "sslight - baseline", "-") and row[3] == pytest.approx(5.0)
+    assert row[4] < 0.01 and row[5] == "yes"
+    noisy = seeded_table({"baseline": [28.0, 31.0, 34.0], "sslight": [29.0, 32.5, 35.0]})
+    (row,) = comparisons(axes, noisy).rows
+    assert row[3] == pytest.approx(7 / 6) and row[4] > 0.5 and row[5] == "no"
+    assert comparisons(axes, seeded_table({"baseline": [30.0], "sslight": [31.0]})) is None  # one seed: no test

@@ -16,7 +16,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sslight.sweep.grid import RESULT, Axis  # noqa: E402
+from sslight.sweep.seeds import SEED, comparisons, spread  # noqa: E402
 from sslight.table import Table  # noqa: E402
+from sslight.train.log import read  # noqa: E402
 
 METRICS = ("knn_top1", "linear_top1", "linear_top5", "images_per_s", "wall_min")
 
@@ -28,9 +30,16 @@ def rows(axes: list[Axis], runs) -> list[dict]:
         result = json.loads((run.out / RESULT).read_text()) if run.finished else {}
         for metric in METRICS:
             row[metric] = result.get(metric)
+        row["knn_top1_init"] = _init_knn(run.out) if result else None
+        row["knn_gain"] = None if row["knn_top1_init"] is None else row["knn_top1"] - row["knn_top1_init"]
         row["status"] = "resumed" if result.get("resumed") else ("done" if result else "failed")
         table.append(row)
     return table
+
+
+def _init_knn(out: Path) -> float | None:
+    """kNN top-1 at initialisation, where the run measured it (the short schedule does)."""
+    return next((r["knn_top1"] for r in read(out / "metrics.jsonl") if r["kind"] == "init"), None)
 
 
 def _mean(values: list) -> float:
@@ -74,6 +83,8 @@ def plot(axes: list[Axis], table: list[dict], out: Path) -> list[Path]:
 def report(axes: list[Axis], runs, out: Path) -> None:
     table = rows(axes, runs)
     columns = ["run", *(a.key for a in axes), "knn_top1"]
+    if any(r["knn_top1_init"] is not None for r in table):
+        columns += ["knn_top1_init", "knn_gain"]
     if any(r["linear_top1"] is not None for r in table):
         columns += ["linear_top1", "linear_top5"]
     columns += ["images_per_s", "wall_min", "status"]
@@ -81,6 +92,10 @@ def report(axes: list[Axis], runs, out: Path) -> None:
     for row in table:
         results.add(*(row[c] for c in columns))
     text = results.markdown() + "\n"
+    if any(a.key == SEED and len(a.values) > 1 for a in axes):
+        text += "\n" + spread(axes, table).markdown() + "\n"
+        if differences := comparisons(axes, table):
+            text += "\n" + differences.markdown() + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text)
     results.write_csv(out / "results.csv")
