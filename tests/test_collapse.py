@@ -7,12 +7,16 @@ import pytest
 import torch
 
 from sslight.cli import main
+from sslight.methods import METHODS
 from sslight.train.log import CollapseMonitor, read
 from tests.conftest import TINY
 
 
+DINO_WARNING = METHODS["dino"].collapse_rank_warning
+
+
 def stats_of(features: torch.Tensor) -> dict[str, float]:
-    monitor = CollapseMonitor()
+    monitor = CollapseMonitor(DINO_WARNING)
     monitor.keep(features)
     return monitor.read()
 
@@ -21,17 +25,27 @@ def test_spread_features_read_as_healthy():
     stats = stats_of(torch.randn(256, 64, generator=torch.Generator().manual_seed(0)))
     assert stats["feature_std"] == pytest.approx(1.0, abs=0.05)  # std 1/sqrt(d) per dimension
     assert stats["rank_fraction"] > 0.8
-    assert CollapseMonitor().warning(stats) is None
+    assert CollapseMonitor(DINO_WARNING).warning(stats) is None
 
 
 def test_features_on_a_few_directions_read_as_collapsed_and_warn_once():
     g = torch.Generator().manual_seed(0)
     few = torch.randn(256, 2, generator=g) @ torch.randn(2, 64, generator=g) + 1e-3 * torch.randn(256, 64, generator=g)
     stats = stats_of(few)
-    assert stats["rankme"] < 2.5 and stats["rank_fraction"] < CollapseMonitor.RANK_WARNING
-    monitor = CollapseMonitor()
+    assert stats["rankme"] < 2.5 and stats["rank_fraction"] < DINO_WARNING
+    monitor = CollapseMonitor(DINO_WARNING)
     assert "effective rank" in monitor.warning(stats)
     assert monitor.warning(stats) is None
+
+
+def test_the_warning_threshold_is_the_methods_own():
+    """SwAV's healthy runs span fewer directions, so a rank that is collapse for DINO is not for it."""
+    g = torch.Generator().manual_seed(0)
+    nine = torch.randn(256, 9, generator=g) @ torch.randn(9, 64, generator=g) + 1e-3 * torch.randn(256, 64, generator=g)
+    stats = stats_of(nine)
+    assert METHODS["swav"].collapse_rank_warning <= stats["rank_fraction"] < DINO_WARNING
+    assert CollapseMonitor(METHODS["swav"].collapse_rank_warning).warning(stats) is None
+    assert "effective rank" in CollapseMonitor(METHODS["dino"].collapse_rank_warning).warning(stats)
 
 
 def test_one_point_reads_as_complete_collapse():

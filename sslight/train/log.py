@@ -99,13 +99,13 @@ class CollapseMonitor:
     - ``rankme``: the effective rank of the batch's features (RankMe, Garrido et al. 2023: the
       exponential of the entropy of the normalised singular values), at most min(batch, d);
       ``rank_fraction`` is it over that bound.
-    A warning, once per run, when ``rank_fraction`` falls below ``RANK_WARNING``: collapse in
+    A warning, once per run, when ``rank_fraction`` falls below ``rank_warning`` (the method's
+    ``collapse_rank_warning``, as healthy ranks differ between methods): collapse in
     these runs is dimensional (the batch spans a few directions) long before it is complete, and
     feature_std stays near its healthy value through it (BENCHMARKS.md, collapse traces)."""
 
-    RANK_WARNING = 0.2
-
-    def __init__(self):
+    def __init__(self, rank_warning: float):
+        self.rank_warning = rank_warning
         self.features: torch.Tensor | None = None
         self.warned = False
 
@@ -124,11 +124,11 @@ class CollapseMonitor:
         return dict(feature_std=std.item(), rankme=rank, rank_fraction=rank / min(f.shape))
 
     def warning(self, stats: dict[str, float]) -> str | None:
-        if self.warned or not stats or stats["rank_fraction"] >= self.RANK_WARNING:
+        if self.warned or not stats or stats["rank_fraction"] >= self.rank_warning:
             return None
         self.warned = True
         return (f"collapse: the features' effective rank is {stats['rankme']:.1f}, "
-                f"{stats['rank_fraction']:.0%} of its bound (warning below {self.RANK_WARNING:.0%}); "
+                f"{stats['rank_fraction']:.0%} of its bound (warning below {self.rank_warning:.0%}); "
                 f"feature spread {stats['feature_std']:.2f} of the collapse-free one. The student maps the "
                 "batch onto a few directions: for DINO check the centring and the teacher temperature, "
                 "for any method the learning rate")

@@ -131,7 +131,7 @@ def build(run: Run) -> Parts:
                               cfg.views.global_size, device, dtype)
     augment = faults.poisoned_from_env(seeded_augment(photometric, t.seed, device))
     guard = NonFiniteGuard(t.skip_nonfinite, device)
-    monitor = CollapseMonitor()
+    monitor = CollapseMonitor(METHODS[cfg.method].collapse_rank_warning)
     step = Step(method, distributed.wrap(method, dist), optimizer, schedules, augment, guard, probe,
                 cfg.optim.clip_grad, dtype, monitor)
     state = TrainState(method, optimizer, probe, guard, replacing=list(run.claim.replacing))
