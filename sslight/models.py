@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import timm
+from timm.models._efficientnet_blocks import InvertedResidual
 from torch import nn
 
 
@@ -44,6 +45,7 @@ def build_backbone(name: str, small_stem: bool, image_size: int, drop_path_rate:
     ``drop_path_rate``: timm's stochastic depth, for training (an inference-time no-op)."""
     model = timm.create_model(BACKBONES[name].timm_name, pretrained=False, num_classes=0,
                               drop_path_rate=drop_path_rate, **timm_kwargs(name, small_stem, image_size))
+    zero_init_residual_branches(model)
     if small_stem and not name.startswith("vit"):
         # CIFAR-style stem: no early down-sampling, so 32 px images keep spatial detail.
         if name == "mnv2":
@@ -56,3 +58,13 @@ def build_backbone(name: str, small_stem: bool, image_size: int, drop_path_rate:
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
             model.maxpool = nn.Identity()
     return model
+
+
+def zero_init_residual_branches(model: nn.Module) -> None:
+    """Every residual inverted-bottleneck block (MobileNetV2's) starts as the identity, its last
+    BatchNorm's scale at zero: what timm's ResNets do by default (``zero_init_last``) and its
+    MobileNetV2 does not. Without it MobileNetV2 collapses dimensionally within the first hundred
+    steps of a short run and ends below its initialisation (BENCHMARKS.md, learning check)."""
+    for block in model.modules():
+        if isinstance(block, InvertedResidual) and block.has_skip:
+            nn.init.zeros_(block.bn3.weight)

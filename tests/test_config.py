@@ -207,6 +207,18 @@ def test_the_short_schedule_fills_what_the_user_leaves_and_beats_the_presets():
     assert build_config([]).eval.at_start is False and build_config([]).train.epochs == 100
 
 
+def test_mobilenetv2_has_its_own_short_schedule_values_and_the_user_still_wins():
+    from sslight.recipes import SHORT_MNV2
+
+    assert SHORT_MNV2
+    mnv2 = build_config(["schedule=short", "model.name=mnv2"])
+    r18 = build_config(["schedule=short", "model.name=r18"])
+    assert (mnv2.optim.lr, mnv2.dino.teacher_temp, mnv2.dino.warmup_teacher_temp) == (0.12, 0.02, 0.02)
+    assert (r18.optim.lr, r18.dino.teacher_temp, r18.dino.warmup_teacher_temp) == (0.48, 0.07, 0.04)
+    assert build_config(["schedule=full", "model.name=mnv2"]).optim.lr == 0.48
+    assert build_config(["schedule=short", "model.name=mnv2", "optim.lr=0.3"]).optim.lr == 0.3
+
+
 def test_an_unknown_schedule_lists_the_schedules():
     with pytest.raises(ConfigError, match="schedule='long' is not one of full, short"):
         build_config(["schedule=long"])
