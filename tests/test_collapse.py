@@ -28,24 +28,38 @@ def test_spread_features_read_as_healthy():
     assert CollapseMonitor(DINO_WARNING).warning(stats) is None
 
 
-def test_features_on_a_few_directions_read_as_collapsed_and_warn_once():
+def directions(n: int) -> torch.Tensor:
+    """256 features in 64 dimensions that span ``n`` directions."""
     g = torch.Generator().manual_seed(0)
-    few = torch.randn(256, 2, generator=g) @ torch.randn(2, 64, generator=g) + 1e-3 * torch.randn(256, 64, generator=g)
-    stats = stats_of(few)
+    return torch.randn(256, n, generator=g) @ torch.randn(n, 64, generator=g) + 1e-3 * torch.randn(256, 64, generator=g)
+
+
+def warnings(monitor: CollapseMonitor, readings: list[dict[str, float]]) -> list[str | None]:
+    return [monitor.warning(stats) for stats in readings]
+
+
+def test_features_on_a_few_directions_read_as_collapsed_and_warn_once_the_window_is_full():
+    stats = stats_of(directions(2))
     assert stats["rankme"] < 2.5 and stats["rank_fraction"] < DINO_WARNING
-    monitor = CollapseMonitor(DINO_WARNING)
-    assert "effective rank" in monitor.warning(stats)
-    assert monitor.warning(stats) is None
+    said = warnings(CollapseMonitor(DINO_WARNING), [stats] * 2 * CollapseMonitor.WINDOW)
+    assert [i for i, w in enumerate(said) if w] == [CollapseMonitor.WINDOW - 1]
+    assert "effective rank" in said[CollapseMonitor.WINDOW - 1]
+
+
+def test_one_collapsed_batch_in_a_healthy_run_does_not_warn():
+    healthy, collapsed = stats_of(torch.randn(256, 64, generator=torch.Generator().manual_seed(0))), \
+        stats_of(directions(2))
+    window = CollapseMonitor.WINDOW
+    assert not any(warnings(CollapseMonitor(DINO_WARNING), [healthy] * (window - 1) + [collapsed] + [healthy] * window))
 
 
 def test_the_warning_threshold_is_the_methods_own():
     """SwAV's healthy runs span fewer directions, so a rank that is collapse for DINO is not for it."""
-    g = torch.Generator().manual_seed(0)
-    nine = torch.randn(256, 9, generator=g) @ torch.randn(9, 64, generator=g) + 1e-3 * torch.randn(256, 64, generator=g)
-    stats = stats_of(nine)
+    stats = stats_of(directions(9))
     assert METHODS["swav"].collapse_rank_warning <= stats["rank_fraction"] < DINO_WARNING
-    assert CollapseMonitor(METHODS["swav"].collapse_rank_warning).warning(stats) is None
-    assert "effective rank" in CollapseMonitor(METHODS["dino"].collapse_rank_warning).warning(stats)
+    readings = [stats] * CollapseMonitor.WINDOW
+    assert not any(warnings(CollapseMonitor(METHODS["swav"].collapse_rank_warning), readings))
+    assert any(warnings(CollapseMonitor(METHODS["dino"].collapse_rank_warning), readings))
 
 
 def test_one_point_reads_as_complete_collapse():

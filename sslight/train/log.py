@@ -7,7 +7,9 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -99,14 +101,18 @@ class CollapseMonitor:
     - ``rankme``: the effective rank of the batch's features (RankMe, Garrido et al. 2023: the
       exponential of the entropy of the normalised singular values), at most min(batch, d);
       ``rank_fraction`` is it over that bound.
-    A warning, once per run, when ``rank_fraction`` falls below ``rank_warning`` (the method's
-    ``collapse_rank_warning``, as healthy ranks differ between methods): collapse in
+    A warning, once per run, when the median ``rank_fraction`` of the last ``WINDOW`` log steps
+    falls below ``rank_warning`` (the method's ``collapse_rank_warning``, as healthy ranks differ
+    between methods; the median, as one batch can dip where the run is healthy): collapse in
     these runs is dimensional (the batch spans a few directions) long before it is complete, and
     feature_std stays near its healthy value through it (BENCHMARKS.md, collapse traces)."""
+
+    WINDOW = 10
 
     def __init__(self, rank_warning: float):
         self.rank_warning = rank_warning
         self.features: torch.Tensor | None = None
+        self.recent: deque[float] = deque(maxlen=self.WINDOW)
         self.warned = False
 
     def keep(self, features: torch.Tensor) -> None:
@@ -124,11 +130,15 @@ class CollapseMonitor:
         return dict(feature_std=std.item(), rankme=rank, rank_fraction=rank / min(f.shape))
 
     def warning(self, stats: dict[str, float]) -> str | None:
-        if self.warned or not stats or stats["rank_fraction"] >= self.rank_warning:
+        if self.warned or not stats:
+            return None
+        self.recent.append(stats["rank_fraction"])
+        median = statistics.median(self.recent)
+        if len(self.recent) < self.WINDOW or median >= self.rank_warning:
             return None
         self.warned = True
-        return (f"collapse: the features' effective rank is {stats['rankme']:.1f}, "
-                f"{stats['rank_fraction']:.0%} of its bound (warning below {self.rank_warning:.0%}); "
+        return (f"collapse: the features' effective rank is {stats['rankme']:.1f}, the median over the last "
+                f"{self.WINDOW} log steps {median:.1%} of its bound (warning below {self.rank_warning:.0%}); "
                 f"feature spread {stats['feature_std']:.2f} of the collapse-free one. The student maps the "
                 "batch onto a few directions: for DINO check the centring and the teacher temperature, "
                 "for any method the learning rate")
