@@ -63,8 +63,8 @@ def build_backbone(name: str, small_stem: bool, image_size: int, drop_path_rate:
 def zero_init_residual_branches(model: nn.Module) -> None:
     """Every residual inverted-bottleneck block (MobileNetV2's) starts as the identity, its last
     BatchNorm's scale at zero: what timm's ResNets do by default (``zero_init_last``) and its
-    MobileNetV2 does not. Without it MobileNetV2 collapses dimensionally within the first hundred
-    steps of a short run and ends below its initialisation (BENCHMARKS.md, learning check)."""
+    MobileNetV2 does not. With it MobileNetV2's DINO runs end 1.7-6.3 kNN points higher in four
+    paired short runs, and collapse later or not at all (BENCHMARKS.md, learning check)."""
     for block in model.modules():
         if isinstance(block, InvertedResidual) and block.has_skip:
             nn.init.zeros_(block.bn3.weight)
