@@ -55,9 +55,10 @@ SHORT = [
 
 
 # MobileNetV2 on the short schedule: a peak lr of 0.12 per 256 (a quarter of DINO's and MoCo-v2's
-# presets) and DINO's teacher at 0.02 throughout. At the presets' lr its features collapse dimensionally as the lr peaks (rank 0.1 of
-# the bound) and it ends below its initialisation with every method (DINO -8.7); with these it
-# keeps its rank (0.33 or more) and DINO ends near it (-0.2 +- 1.9 over three seeds; BENCHMARKS.md).
+# presets) and DINO's teacher at 0.02 throughout. At the presets' lr its features collapse
+# dimensionally as the lr peaks (rank 0.1 of the bound) and it ends below its initialisation with
+# every method (DINO -8.7); with these it keeps its rank (0.33 or more) and DINO ends near it
+# (-0.2 +- 1.9 over three seeds; BENCHMARKS.md).
 SHORT_MNV2 = ["optim.lr=0.12", "dino.teacher_temp=0.02", "dino.warmup_teacher_temp=0.02"]
 
 SCHEDULES = {"full": [], "short": SHORT}  # full: the presets' own (the paper's, bar epochs and batch)

@@ -41,7 +41,7 @@ class Method(nn.Module):
     student: nn.Module
     reads_teacher = False  # whether teacher.path names a file this method reads (RoB)
     # The effective-rank fraction of the student's features below which the live log warns of
-    # collapse: learning DINO and MoCo-v2 runs stay at 0.36 or more, collapsing ones fall to 0.1.
+    # collapse: learning DINO and MoCo-v2 runs stay at 0.33 or more, collapsing ones fall to 0.1.
     collapse_rank_warning = 0.2
 
     def __init__(self, cfg, n_global: int, n_local: int):
