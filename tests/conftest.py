@@ -52,3 +52,15 @@ def cifar_small(data_dir, tmp_path_factory) -> Path:
             for f in sorted(os.listdir(data_dir / "cifar10" / split / cls))[:per_class]:
                 (root / split / cls / f).symlink_to(data_dir / "cifar10" / split / cls / f)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped cleanly without it (they run in scripts/gpu_check.sh)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(no_gpu)
