@@ -55,6 +55,11 @@ class Batch:
     labels: torch.Tensor
     indices: torch.Tensor
 
+    def pin_memory(self) -> "Batch":
+        """The batch in pinned host memory, layout kept: what the DataLoader's pin step calls on
+        a custom type, so that ``to(cuda)`` copies asynchronously."""
+        return Batch([v.pin_memory() for v in self.views], self.labels.pin_memory(), self.indices.pin_memory())
+
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
         return Batch([v.to(device, non_blocking=nb) for v in self.views],

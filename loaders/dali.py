@@ -52,7 +52,8 @@ def _pipeline(files, groups, rank, world, device_type):
                                           random_aspect_ratio=list(group.ratio), interp_type=types.INTERP_LINEAR,
                                           antialias=True)
             views.append(fn.flip(view, horizontal=fn.random.coin_flip(probability=0.5)))
-    return (*views, index)
+    # on a GPU the indices join the views there, so the labels are looked up on the device
+    return (*views, index.gpu() if device_type == "cuda" else index)
 
 
 class DaliLoader:
@@ -62,7 +63,7 @@ class DaliLoader:
             raise RuntimeError("data.loader='dali' needs NVIDIA DALI: pip install -e '.[dali]'")
         self.split, self.groups, self.batch_size, self.seed = split, groups, batch_size, seed
         self.device, self.workers, self.rank, self.world = device, max(1, workers), rank, world
-        self.labels = torch.tensor(split.labels)
+        self.labels = torch.tensor(split.labels, device=device)  # on the device once, indexed there
         self.names = [f"v{i}" for i in range(sum(g.n for g in groups))] + ["index"]
 
     def batches_per_epoch(self) -> int:
@@ -92,5 +93,5 @@ class DaliLoader:
                 group = channels_last_views(torch.stack([data[f"v{start + v}"] for v in range(g.n)]))
                 views.append(group.to(self.device, non_blocking=True))
                 start += g.n
-            indices = data["index"].view(-1).long().cpu()
-            yield Batch(views, self.labels[indices].to(self.device), indices.to(self.device))
+            indices = data["index"].view(-1).long()  # on the device already
+            yield Batch(views, self.labels[indices], indices)

@@ -10,6 +10,7 @@ import math
 from itertools import islice
 
 import numpy as np
+import torch
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -49,3 +50,10 @@ def view_params(seed: int, epoch: int, index: int, width: int, height: int, grou
     draws = iter(sample_rng(seed, epoch, index).random((sum(g.n for g in groups), VIEW_DRAWS)).tolist())
     return [[(*crop_box(u, width, height, g.scale, g.ratio), u[BOX_DRAWS] < 0.5) for u in islice(draws, g.n)]
             for g in groups]
+
+
+def view_boxes(seed: int, epoch: int, index: int, width: int, height: int, groups) -> torch.Tensor:
+    """:func:`view_params` as one int64 tensor (views of all groups, 5): (top, left, h, w, flip),
+    the groups' views one after another."""
+    return torch.tensor([box for group in view_params(seed, epoch, index, width, height, groups) for box in group],
+                        dtype=torch.int64).reshape(-1, 5)

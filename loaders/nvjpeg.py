@@ -1,8 +1,11 @@
-"""nvjpeg backend: workers only read file bytes; the training device decodes the batch
-(nvJPEG through torchvision's ``decode_jpeg`` on CUDA; libjpeg-turbo through simplejpeg on the
-CPU, about 10% faster than torchvision's CPU decode in one process, the same pixels within one
-level) and the multi-crop kernel cuts every view. Non-JPEG files (PNG, ...) and JPEGs the
-batched decoder rejects (CMYK on nvJPEG) take a CPU fallback decode.
+"""nvjpeg backend: the DataLoader workers read each file's bytes, its size from its header and
+its views' crop boxes (keyed on (seed, epoch, index)), all of a batch shipped as a few tensors;
+the training device decodes the batch (nvJPEG through torchvision's batched ``decode_jpeg`` on
+CUDA; libjpeg-turbo through simplejpeg on the CPU, about 10% faster than torchvision's CPU
+decode in one process, the same pixels within one level) and the multi-crop kernel cuts every
+view. Non-JPEG files (PNG, ...) and JPEGs the batched decoder rejects (CMYK on nvJPEG) take a
+CPU fallback decode, each alone: the rest of the batch is still decoded on the GPU. Out of
+memory and CUDA errors are raised, never taken for a bad file.
 
 When the training device is the CPU, its cores are the worker processes: each worker decodes
 and cuts its whole batch (the same functions, the same views), so geometry runs beside the
@@ -10,64 +13,100 @@ main process's augmentation and training step instead of before it."""
 
 from __future__ import annotations
 
+from functools import partial
+from typing import NamedTuple
+
 import simplejpeg
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from loaders.batch import Batch
 from loaders.crop import batch_bytes, map_threads, multi_crop, views_in
-from loaders.geometry import view_params
-from loaders.images import open_rgb, to_uint8_chw
+from loaders.datasets import DataError
+from loaders.geometry import view_boxes
+from loaders.images import JPEG_MAGIC, image_size, open_rgb, to_uint8_chw
 from loaders.sampler import EpochBatchSampler
 from loaders.shared_buffers import SharedBatchBuffers
 
-JPEG_MAGIC = b"\xff\xd8"
+# what a failed decode says when the device (or the install) failed, not the file: torchvision
+# re-raises whatever its CUDA decode threw as a plain RuntimeError carrying the message, so the
+# type alone is lost
+DEVICE_FAILURES = ("out of memory", "CUDA error", "cudaError", "device-side assert", "illegal memory access",
+                   "Failed to synchronize CUDA stream", "not compiled with nvJPEG")
+
+
+class EncodedBatch(NamedTuple):
+    """A batch as the workers hand it over. A named tuple: the DataLoader pins each tensor."""
+
+    packed: torch.Tensor  # every file's bytes in one buffer: one shared-memory block crosses from
+    # the worker, not one per file (which exhausts file descriptors)
+    lengths: torch.Tensor  # (B,) bytes per file
+    sizes: torch.Tensor  # (B, 2) each image's (height, width), from its header
+    boxes: torch.Tensor  # (B, views of all groups, 5) int64: (top, left, h, w, flip)
+    labels: torch.Tensor
+    indices: torch.Tensor
+    epoch: int
 
 
 class FileBytes(torch.utils.data.Dataset):
-    def __init__(self, split):
-        self.split = split
+    """A file's bytes, its image size and its views' boxes: all the per-sample work that is not
+    decoding happens in the workers, none of it in the process that trains."""
+
+    def __init__(self, split, groups, seed: int):
+        self.split, self.groups, self.seed = split, groups, seed
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, key):
         epoch, index = key
-        return read_file(self.split.files[index]), self.split.labels[index], index, epoch
+        path = self.split.files[index]
+        data = read_file(path)
+        try:
+            width, height = image_size(data.numpy())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: no image size in its header ({exc})") from None
+        boxes = view_boxes(self.seed, epoch, index, width, height, self.groups)
+        return data, (height, width), boxes, self.split.labels[index], index, epoch
 
 
-def collate_bytes(samples):
-    """One packed byte buffer per batch: a single shared-memory block crosses from the worker,
-    not one per file (which exhausts file descriptors)."""
-    data, labels, indices, epochs = zip(*samples)
-    lengths = torch.tensor([len(d) for d in data])
-    return torch.cat(data), lengths, torch.tensor(labels), torch.tensor(indices), epochs[0]
+def collate_bytes(samples) -> EncodedBatch:
+    data, sizes, boxes, labels, indices, epochs = zip(*samples)
+    return EncodedBatch(torch.cat(data), torch.tensor([len(d) for d in data]), torch.tensor(sizes),
+                        torch.stack(boxes), torch.tensor(labels), torch.tensor(indices), epochs[0])
 
 
 class DecodeAndCut:
-    """Decodes a packed batch on ``device`` and cuts every view, one (n, B, 3, S, S) tensor per
-    group, keyed on (seed, epoch, index). On the CPU it is the workers' collate function, and
-    writes each batch into one of ``buffers`` (which only the CPU path needs)."""
+    """Decodes an :class:`EncodedBatch` on ``device`` and cuts every view, one (n, B, 3, S, S)
+    tensor per group. On the CPU it is the workers' collate function, and writes each batch into
+    one of ``buffers`` (which only the CPU path needs)."""
 
-    def __init__(self, split, groups, seed, device, buffers: SharedBatchBuffers | None = None):
-        self.split, self.groups, self.seed, self.device, self.buffers = split, groups, seed, device, buffers
+    def __init__(self, split, groups, device, buffers: SharedBatchBuffers | None = None):
+        self.split, self.groups, self.device, self.buffers = split, groups, device, buffers
+        self.batched_decode = partial(decode_jpegs_gpu, device=device) if device.type == "cuda" else None
 
-    def views(self, packed, lengths, indices: torch.Tensor, epoch: int,
-              storage: torch.UntypedStorage | None = None) -> list[torch.Tensor]:
+    def views(self, batch: EncodedBatch, storage: torch.UntypedStorage | None = None) -> list[torch.Tensor]:
         """The views, written into ``storage`` (CPU) when given."""
-        index_list = indices.tolist()
-        images = decode_batch(list(torch.split(packed, lengths.tolist())),
-                              [self.split.files[i] for i in index_list], self.device)
-        params = [view_params(self.seed, epoch, i, im.shape[2], im.shape[1], self.groups)
-                  for im, i in zip(images, index_list)]
+        paths = [self.split.files[i] for i in batch.indices.tolist()]
+        images = decode_batch(list(torch.split(batch.packed, batch.lengths.tolist())), paths, self.device,
+                              self.batched_decode)
+        # the boxes were drawn for the header's size: a decode of another size would cut wrong
+        # views on the CPU and read outside the image in the Triton kernel
+        for path, image, (height, width) in zip(paths, images, batch.sizes.tolist()):
+            if tuple(image.shape[1:]) != (height, width):
+                raise DataError(f"{path}: decoded to {image.shape[1]}x{image.shape[2]} pixels, its header says "
+                                f"{height}x{width}")
         outs = views_in(storage, self.groups, len(images)) if storage is not None else [None] * len(self.groups)
-        return [multi_crop(images, [p[g] for p in params], group.size, out)
-                for g, (group, out) in enumerate(zip(self.groups, outs))]
+        views, start = [], 0
+        for group, out in zip(self.groups, outs):
+            views.append(multi_crop(images, batch.boxes[:, start:start + group.n], group.size, out))
+            start += group.n
+        return views
 
     def __call__(self, samples):
-        packed, lengths, labels, indices, epoch = collate_bytes(samples)
+        batch = collate_bytes(samples)
         slot, storage = self.buffers.take(batch_bytes(self.groups, len(samples)))
-        return self.views(packed, lengths, indices, epoch, storage), labels, indices, slot
+        return self.views(batch, storage), batch.labels, batch.indices, slot
 
 
 def rgb(image: torch.Tensor) -> torch.Tensor:
@@ -83,7 +122,7 @@ def decode_fallback(data: torch.Tensor, path: str) -> torch.Tensor:
 
 
 def is_jpeg(data: torch.Tensor) -> bool:
-    return bytes(data[:2].tolist()) == JPEG_MAGIC
+    return data[:2].numpy().tobytes() == JPEG_MAGIC
 
 
 def decode_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
@@ -91,23 +130,54 @@ def decode_jpeg_cpu(data: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(simplejpeg.decode_jpeg(data.numpy(), colorspace="RGB")).permute(2, 0, 1)
 
 
-def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.device) -> list[torch.Tensor]:
-    """Decoded (3, H, W) uint8 images on ``device``, in order."""
-    jpeg = [i for i, d in enumerate(data) if is_jpeg(d)]
+def decode_jpegs_gpu(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """nvJPEG, through torchvision's batched CUDA decode. It allocates its outputs on the current
+    stream but decodes on a stream of its own that does not wait for the current one, so its
+    outputs could land in memory that kernels queued on the current stream still read (the
+    previous step's, or in the prefetch thread the previous batch's crop kernel): the current
+    stream is drained first. In the prefetch thread that is the thread's own stream: only the
+    producer waits."""
+    torch.cuda.current_stream(device).synchronize()
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def is_device_failure(exc: RuntimeError) -> bool:
+    """Whether a failed decode is the device's doing (out of memory, an asynchronous CUDA error)
+    or the install's (a torchvision without nvJPEG) rather than a file's."""
+    return isinstance(exc, torch.OutOfMemoryError) or any(s in str(exc) for s in DEVICE_FAILURES)
+
+
+def decode_or_isolate(data: list[torch.Tensor], batched_decode) -> list[torch.Tensor | None]:
+    """``batched_decode(data)``, with None for each file it rejects. One bad file fails the whole
+    call: the batch is halved until each bad file is alone, so the good ones are still decoded in
+    batches (about 2 log2(B) more calls per bad file). Device failures are raised."""
+    try:
+        return list(batched_decode(data))
+    except RuntimeError as exc:
+        if is_device_failure(exc):
+            raise
+        if len(data) == 1:
+            return [None]
+    half = len(data) // 2
+    return decode_or_isolate(data[:half], batched_decode) + decode_or_isolate(data[half:], batched_decode)
+
+
+def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.device,
+                 batched_decode=None) -> list[torch.Tensor]:
+    """Decoded (3, H, W) uint8 images on ``device``, in order. ``batched_decode`` (nvJPEG on CUDA:
+    :func:`decode_jpegs_gpu`) takes the JPEGs in one call; what it rejects, and every file when
+    there is none, is decoded on the CPU (libjpeg-turbo, else :func:`decode_fallback`)."""
     images: list[torch.Tensor | None] = [None] * len(data)
-    if device.type == "cuda" and jpeg:
-        try:
-            decoded = decode_jpeg([data[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
-            for i, im in zip(jpeg, decoded):
-                images[i] = rgb(im)
-        except RuntimeError:  # one file nvJPEG cannot take fails the whole call: go one by one
-            pass
+    jpeg = [is_jpeg(d) for d in data]
+    if batched_decode is not None and any(jpeg):
+        chosen = [i for i, j in enumerate(jpeg) if j]
+        for i, im in zip(chosen, decode_or_isolate([data[i] for i in chosen], batched_decode)):
+            images[i] = None if im is None else rgb(im)
     pending = [i for i, im in enumerate(images) if im is None]
-    jpeg_set = set(jpeg)
 
     def decode_one(i):
         try:
-            return decode_jpeg_cpu(data[i]) if i in jpeg_set else None
+            return decode_jpeg_cpu(data[i]) if jpeg[i] else None
         except ValueError:
             return None
 
@@ -130,11 +200,11 @@ class NvjpegLoader:
         prefetch = 2 if self.in_workers else 4
         # a worker's buffers: its prefetched batches, the one it cuts, and two the consumer holds
         self.buffers = SharedBatchBuffers(workers, per_worker=prefetch + 3) if self.in_workers else None
-        self.decode_and_cut = DecodeAndCut(split, groups, seed, device, self.buffers)
+        self.decode_and_cut = DecodeAndCut(split, groups, device, self.buffers)
         self.loader = torch.utils.data.DataLoader(
-            FileBytes(split), batch_sampler=self.sampler, num_workers=workers,
+            FileBytes(split, groups, seed), batch_sampler=self.sampler, num_workers=workers,
             collate_fn=self.decode_and_cut if self.in_workers else collate_bytes,
-            pin_memory=device.type == "cuda",  # bytes, labels and indices copy to the GPU asynchronously
+            pin_memory=device.type == "cuda",  # labels and indices copy to the GPU asynchronously
             persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,
         )
 
@@ -154,6 +224,7 @@ class NvjpegLoader:
                 yield Batch(views, labels, indices)
             return
         nb = self.device.type == "cuda"
-        for packed, lengths, labels, indices, ep in self.loader:
-            views = self.decode_and_cut.views(packed, lengths, indices, ep)
-            yield Batch(views, labels.to(self.device, non_blocking=nb), indices.to(self.device, non_blocking=nb))
+        for batch in self.loader:
+            views = self.decode_and_cut.views(batch)
+            yield Batch(views, batch.labels.to(self.device, non_blocking=nb),
+                        batch.indices.to(self.device, non_blocking=nb))

@@ -1,12 +1,15 @@
 """Decode and cut the next batch while the current one trains: a loader whose batches are made in
 the process that trains (nvjpeg on CUDA) runs its epoch in a thread, ``depth`` batches ahead.
 
-On CUDA the thread works on a stream of its own. Each batch is handed over with an event recorded
-on that stream after its last kernel; the training stream waits on the event before it touches the
-batch (no host synchronisation), and every tensor of the batch is marked as used on the training
-stream (``record_stream``), so the caching allocator does not give its memory back to the thread's
-stream while the step still reads it. torchvision's nvJPEG decode orders itself before the calling
-thread's current stream, and the Triton kernel launches on it, so the event covers both.
+On CUDA the thread works on a stream of its own, made once per loader (the caching allocator
+keeps freed blocks per stream: a new stream each epoch would strand the last one's cached
+memory). Each batch is handed over with an event recorded on that stream after its last kernel;
+the training stream waits on the event before it touches the batch (no host synchronisation),
+and every tensor of the batch is marked as used on the training stream (``record_stream``), so
+the caching allocator does not give its memory back to the thread's stream while the step still
+reads it. torchvision's nvJPEG decode makes the thread's current stream wait for its own (and
+the thread drains that stream before each decode: ``loaders.nvjpeg.decode_jpegs_gpu``), and the
+Triton kernel launches on it, so the event covers both.
 
 The batches are those of the loader itself, in its order, for every (epoch, skip): the thread only
 moves where they are made (tests/test_prefetch.py compares the two bit for bit).
@@ -26,15 +29,19 @@ from loaders.batch import Batch, Loader
 _END = object()
 
 
+def side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """A CUDA stream for the producer thread's work on ``device`` (None off CUDA)."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
 @contextlib.contextmanager
-def side_stream(device: torch.device):
-    """A CUDA stream of its own for this thread's work on ``device`` (None off CUDA)."""
-    if device.type != "cuda":
-        yield None
+def working_on(stream: torch.cuda.Stream | None):
+    """The calling thread's work goes to ``stream`` (and its device); nothing changes for None."""
+    if stream is None:
+        yield
         return
-    stream = torch.cuda.Stream(device)
-    with torch.cuda.device(device), torch.cuda.stream(stream):
-        yield stream
+    with torch.cuda.device(stream.device), torch.cuda.stream(stream):
+        yield
 
 
 class Prefetched:
@@ -44,6 +51,7 @@ class Prefetched:
 
     def __init__(self, loader: Loader, device: torch.device, depth: int = 1):
         self.loader, self.device, self.depth = loader, device, depth
+        self.stream = side_stream(device)
 
     def batches_per_epoch(self) -> int:
         return self.loader.batches_per_epoch()
@@ -60,12 +68,12 @@ class Prefetched:
 
         batches = self.loader.epoch(epoch, skip)
         try:
-            with side_stream(self.device) as stream:
+            with working_on(self.stream):
                 for batch in batches:
                     ready = None
-                    if stream is not None:
+                    if self.stream is not None:
                         ready = torch.cuda.Event()
-                        ready.record(stream)
+                        ready.record(self.stream)
                     if not put((batch, ready)):
                         return
         except BaseException as exc:  # raised in the consumer, where it belongs

@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from loaders import prefetch
 from loaders.batch import ViewGroup
 from loaders.datasets import discover
 from loaders.nvjpeg import NvjpegLoader
@@ -68,3 +69,19 @@ def test_stopping_early_ends_the_thread_and_errors_reach_the_consumer(split):
     next(stream)
     with pytest.raises(OSError, match="disk went away"):
         next(stream)
+
+
+def test_one_side_stream_per_loader_whatever_the_epochs(split, monkeypatch):
+    """The producer's stream is made once per loader, not per epoch (each stream keeps its own
+    cached memory). Off CUDA the factory gives None, but it is called all the same."""
+    made, make = [], prefetch.side_stream
+
+    def counted(device):
+        made.append(device)
+        return make(device)
+
+    monkeypatch.setattr(prefetch, "side_stream", counted)
+    ahead = Prefetched(NvjpegLoader(split, GROUPS, 8, 0, CPU, 0, decode_in_workers=False), CPU)
+    for epoch in range(3):
+        assert len(batches(ahead, epoch, limit=2)) == 2
+    assert made == [CPU]
