@@ -164,7 +164,7 @@ class TrainConfig:
     overwrite: bool = False  # start afresh in an out folder that holds another run (its checkpoints go once ours is saved)
     device: str = AUTO
     compile: bool | str = AUTO  # auto = on for CUDA, off for CPU
-    precision: str = AUTO  # auto = bf16 on CUDA; on CPU by model family (measured)
+    precision: str = AUTO  # auto = bf16 on CUDA; on CPU by its native bf16 and the backbone (precision.py)
     log_every: int = 10
     ckpt_every: int = 0  # extra checkpoint every N steps; 0 = once per epoch
     skip_nonfinite: int = 0  # steps with a non-finite loss whose update may be skipped; 0 = stop at the first

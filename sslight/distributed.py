@@ -140,17 +140,24 @@ def convert_sync_bn(module: nn.Module) -> nn.Module:
 def wrap(module: nn.Module, dist: Dist) -> nn.Module:
     """DistributedDataParallel around ``module`` when there are several ranks.
 
-    Gradients of every parameter that requires one are averaged across ranks in the
-    backward pass, so replicas that start equal stay equal, and so does anything derived
-    from the parameters alone (the EMA teacher and key encoder). Buffers are not broadcast:
-    the methods keep their own state (DINO centre, queues) equal through collectives, and
-    BatchNorm running statistics stay per rank (rank 0's are saved) unless train.sync_bn.
+    Replicas start equal: DDP broadcasts rank 0's parameters, and rank 0's buffers are broadcast
+    here (see below). Gradients of every parameter that requires one are averaged across ranks
+    in the backward pass, so replicas stay equal, and so does anything derived from the
+    parameters alone (the EMA teacher and key encoder). Buffers are not broadcast again in the
+    forward passes: the methods keep their own state (DINO centre, queues) equal through
+    collectives, and BatchNorm running statistics stay per rank (rank 0's are saved) unless
+    train.sync_bn.
     """
     if dist.world == 1:
         return module
+    # Once, here, so that every torch does it: DDP's broadcast at construction (_sync_module_states)
+    # leaves the buffers out with broadcast_buffers=False (torch 2.11, the GPU machine's) and keeps
+    # them with forward_sync_buffers=False, which replaces it (torch 2.14).
+    with torch.no_grad():
+        for buffer in module.buffers():
+            tdist.broadcast(buffer, src=0)
     device_ids = [dist.local_rank] if next(module.parameters()).device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
-    # torch 2.14 renamed broadcast_buffers; either way buffers are still broadcast once at start
-    no_buffer_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+    no_forward_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
         else "broadcast_buffers"
-    return ddp(module, device_ids=device_ids, **{no_buffer_sync: False})
+    return ddp(module, device_ids=device_ids, **{no_forward_sync: False})

@@ -13,10 +13,11 @@ from torch import nn
 class BackboneSpec:
     timm_name: str
     kwargs: tuple = ()
+    depthwise: bool = False  # built on depthwise convolutions (slow in bf16 on CPUs: sslight/precision.py)
 
 
 BACKBONES = {
-    "mnv2": BackboneSpec("mobilenetv2_100"),
+    "mnv2": BackboneSpec("mobilenetv2_100", depthwise=True),
     "r18": BackboneSpec("resnet18"),
     "r34": BackboneSpec("resnet34"),
     "r50": BackboneSpec("resnet50"),

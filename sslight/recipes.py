@@ -17,6 +17,7 @@ from sslight.config import AUTO, FIXED_CHOICES, Config, ConfigError, apply_overr
     set_key, validate
 from sslight.methods import METHODS
 from sslight.models import BACKBONES
+from sslight.precision import auto_precision, native_bf16_flags, read_cpuinfo
 
 # (recipe, family) -> view sampling and loss weighting (docs/design.md, section 1)
 VIEW_RECIPES = {
@@ -147,18 +148,21 @@ def parse(overrides: list[str], base: dict | None = None, source: str = "") -> R
 @dataclass(frozen=True)
 class Machine:
     """What the machine that runs offers, as far as resolving a config asks: CUDA, the cores this
-    process may use, and the processes that share them (torchrun's LOCAL_WORLD_SIZE)."""
+    process may use, the processes that share them (torchrun's LOCAL_WORLD_SIZE), and the CPU's
+    native bf16 flags."""
 
     cuda: bool
     cores: int = 1
     local_processes: int = 1
     processes: int = 1  # in the whole run (torchrun's WORLD_SIZE)
+    native_bf16: tuple[str, ...] = ()
 
     @staticmethod
     def here() -> "Machine":
         return Machine(cuda=torch.cuda.is_available(), cores=len(os.sched_getaffinity(0)),
                        local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                       processes=int(os.environ.get("WORLD_SIZE", "1")))
+                       processes=int(os.environ.get("WORLD_SIZE", "1")),
+                       native_bf16=tuple(native_bf16_flags(read_cpuinfo())))
 
     @property
     def workers(self) -> int:
@@ -194,10 +198,7 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
     if cfg.data.workers == AUTO:
         cfg.data.workers = machine.workers
     if t.precision == AUTO:
-        # Measured on the 2-core CPU machine (AVX2, no AVX512-BF16): bf16 autocast makes a
-        # training step 10-20x slower than fp32 for both ResNet-18 and MobileNetV2, so the
-        # CPU default is fp32; CUDA uses bf16.
-        t.precision = "bf16" if t.device == "cuda" else "fp32"
+        t.precision = machine_precision(cfg, machine)[0]
     if t.compile == AUTO:
         t.compile = t.device == "cuda"
     if t.sync_bn == AUTO:
@@ -214,9 +215,16 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
     return cfg
 
 
+def machine_precision(cfg: Config, machine: Machine) -> tuple[str, str]:
+    """(precision, why) that ``train.precision=auto`` takes for this device and backbone."""
+    return auto_precision(cfg.train.device == "cuda", list(machine.native_bf16), BACKBONES[cfg.model.name].depthwise)
+
+
 def auto_notes(request: Request, cfg: Config, machine: Machine, image_size: int | None) -> list[str]:
-    """What ``auto`` chose for the data path and why, said once when a run starts."""
+    """What ``auto`` chose for the data path and the precision, and why, said once when a run starts."""
     notes = []
+    if request.cfg.train.precision == AUTO:
+        notes.append(f"precision: {cfg.train.precision} (auto: {machine_precision(cfg, machine)[1]})")
     if request.cfg.data.loader == AUTO:
         notes.append(f"loader: {cfg.data.loader} (auto: {choose(cfg.train.device == 'cuda', image_size)[1]})")
     if request.cfg.data.workers == AUTO:

@@ -222,3 +222,43 @@ def test_mobilenetv2_has_its_own_short_schedule_values_and_the_user_still_wins()
 def test_an_unknown_schedule_lists_the_schedules():
     with pytest.raises(ConfigError, match="schedule='long' is not one of full, short"):
         build_config(["schedule=long"])
+
+
+SAPPHIRE_RAPIDS = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from sslight.precision import native_bf16_flags, read_cpuinfo
+
+    assert native_bf16_flags(SAPPHIRE_RAPIDS) == ["avx512_bf16", "amx_bf16"]
+    assert native_bf16_flags("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n") == []
+    assert native_bf16_flags("model name\t: avx512_bf16 in a name is no flag\n") == []
+    assert native_bf16_flags("") == []
+    assert isinstance(native_bf16_flags(read_cpuinfo()), list)  # this machine's own text parses
+
+
+@pytest.mark.parametrize("machine, model, precision, why", [
+    (dict(cuda=True), "mnv2", "bf16", "CUDA"),
+    (dict(cuda=False), "r18", "fp32", "this CPU has no native bf16"),
+    (dict(cuda=False), "vit_t16", "fp32", "this CPU has no native bf16"),
+    (dict(cuda=False, native_bf16=("avx512_bf16",)), "r18", "bf16", "this CPU has native bf16 (avx512_bf16)"),
+    (dict(cuda=False, native_bf16=("avx512_bf16", "amx_bf16")), "vit_t16", "bf16", "native bf16 (avx512_bf16, amx"),
+    (dict(cuda=False, native_bf16=("amx_bf16",)), "mnv2", "fp32", "depthwise convolutions are slower in bf16"),
+])
+def test_auto_precision_follows_the_cpus_native_bf16_and_the_backbone_and_says_why(machine, model, precision, why):
+    from sslight.recipes import Machine, auto_notes, parse
+
+    request = parse([f"model.name={model}"])
+    cfg = resolved([f"model.name={model}"], machine, 32)
+    assert cfg.train.precision == precision
+    notes = [n for n in auto_notes(request, cfg, Machine(**machine), 32) if n.startswith("precision: ")]
+    assert len(notes) == 1 and notes[0].startswith(f"precision: {precision} (auto: ") and why in notes[0]
+    assert resolved([f"model.name={model}", "train.precision=fp32"], machine, 32).train.precision == "fp32"
+    assert not [n for n in auto_notes(parse(["train.precision=fp32"]), cfg, Machine(**machine), 32)
+                if n.startswith("precision: ")]

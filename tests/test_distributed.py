@@ -12,7 +12,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from sslight import checkpoint
+from sslight import checkpoint, distributed
 from sslight.train.log import read
 from sslight.methods.swav import sinkhorn
 from tests.conftest import TINY
@@ -84,6 +84,29 @@ def test_distributed_sinkhorn_equals_the_global_batch(tmp_path):
     # spawn, not fork: a child forked from a process whose OpenMP pool has run deadlocks in its first parallel op
     mp.start_processes(_collectives, args=(2, str(tmp_path / "store"), scores, queue, expected), nprocs=2,
                        start_method="spawn")
+
+
+def _wrap_buffers(rank: int, world: int, store: str) -> None:
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        model.register_buffer("center", torch.zeros(1, 4))
+        with torch.no_grad():  # per-rank state before the wrap
+            model[1].running_mean.fill_(rank + 1)
+            model[1].num_batches_tracked.fill_(rank + 5)
+            model.center.fill_(10 * (rank + 1))
+        distributed.wrap(model, distributed.Dist(rank, world))
+        assert torch.all(model[1].running_mean == 1) and model[1].num_batches_tracked.item() == 5
+        assert torch.all(model.center == 10)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_wrap_starts_every_rank_from_rank_0s_buffers(tmp_path):
+    """DDP's broadcast at construction leaves buffers out with broadcast_buffers=False (torch 2.11)
+    and keeps them with forward_sync_buffers=False (torch 2.14): wrap broadcasts them itself."""
+    mp.start_processes(_wrap_buffers, args=(2, str(tmp_path / "store")), nprocs=2, start_method="spawn")
 
 
 def test_sync_bn_converts_every_batchnorm(cifar_small):

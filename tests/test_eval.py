@@ -205,3 +205,23 @@ def test_evaluation_workers_do_not_copy_the_trainers_address_space():
     (sizes,) = list(image_loader(AddressSpaceOfTheWorker(), 2, workers=1))
     assert int(sizes.max()) < parent - 8 * 2**20, (int(sizes.max()), parent)
     del ballast
+
+
+def test_evaluation_runs_a_compiled_backbone_eager(cifar_small):
+    """nn.Module.compile compiles in place: evaluation's eval mode, no_grad and batch sizes would
+    compile the training graph again each time, towards dynamo's recompile limit. The count of
+    graphs is what a compiled run logs (compiled_graphs)."""
+    from sslight.eval.features import extract
+    from sslight.train.log import CompileCount
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten())
+    compiles = CompileCount(True)
+    backbone.compile(backend="eager", dynamic=False)  # dynamo's graphs, without the minute of code generation
+    backbone(torch.randn(4, 3, 32, 32)).sum().backward()  # a training step's forward and backward
+    assert compiles.read() == dict(compiled_graphs=1)
+    split = load_dataset(cifar_small).test.subset(6, 0)
+    features, _ = extract(backbone, split, 32, torch.device("cpu"), torch.float32, workers=0, batch=4)
+    assert features.shape == (6, 8) and backbone.training
+    assert compiles.read() == dict(compiled_graphs=1)

@@ -1,6 +1,7 @@
 """LARS (foreach) against a per-parameter reference; EMA; schedules."""
 
 import numpy as np
+import pytest
 import torch
 
 from sslight.methods.base import ema_update
@@ -21,7 +22,18 @@ def reference_lars_step(params, bufs, lr, wd, momentum, eta):
         p.data.add_(buf, alpha=-lr)
 
 
-def test_lars_matches_reference():
+@pytest.fixture(params=["cpu", "cuda"])
+def factors_as(request, monkeypatch):
+    """Per-parameter factors as each device takes them: 0-d tensors on the CPU, views of one
+    spread buffer on CUDA (that branch run here on CPU tensors)."""
+    from sslight.train import optim
+
+    if request.param == "cuda":
+        monkeypatch.setattr(optim, "each", optim.spread)
+    return request.param
+
+
+def test_lars_matches_reference(factors_as):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Linear(7, 3))
     ref = [p.detach().clone() for p in model.parameters()]
@@ -74,7 +86,7 @@ def dino_clip_gradients(model, clip):
                 p.grad.data.mul_(clip_coef)
 
 
-def test_per_parameter_clipping_equals_dinos_clip_gradients():
+def test_per_parameter_clipping_equals_dinos_clip_gradients(factors_as):
     from sslight.train.optim import clip_per_parameter
 
     torch.manual_seed(0)
@@ -105,3 +117,21 @@ def test_depthwise_weights_adapt_but_do_not_decay():
 def test_warmup_reaches_base_at_its_last_step_from_its_start():
     lr = cosine(1.2, 0.0048, 100, warmup_steps=10, warmup_start=0.075)
     assert lr[0] == 0.075 and lr[9] == 1.2 and lr[10] == 1.2 and np.isclose(lr[-1], 0.0048, atol=1e-3)
+
+
+def test_spread_factors_are_laid_out_like_their_tensors_and_multiply_alike():
+    """The foreach fast path (one multi-tensor kernel on CUDA) needs equal sizes and strides in
+    both lists; a channels-last convolution weight keeps its strides."""
+    from sslight.train.optim import spread
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last), torch.randn(5, 7),
+               torch.randn(7), torch.randn(1, 1, 3, 3), torch.randn(2, 3).t()]
+    factors = torch.rand(len(tensors))
+    views = spread(factors, tensors)
+    for t, v, f in zip(tensors, views, factors):
+        assert (v.size(), v.stride()) == (t.size(), t.stride())
+        assert torch.all(v == f)
+    expected = torch._foreach_mul(tensors, list(factors.unbind()))
+    for got, want in zip(torch._foreach_mul(tensors, views), expected):
+        assert torch.equal(got, want)

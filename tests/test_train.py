@@ -82,6 +82,39 @@ def test_resume_equals_uninterrupted(cifar_small, tmp_path, method):
         torch.testing.assert_close(parts_state[key], value, rtol=1e-5, atol=1e-5, msg=key)
 
 
+class OnAnotherDevice(torch.Tensor):
+    """A tensor that says it lives on another device (a CUDA one here, where there is none), as
+    checkpoint.load(map_location=cuda) leaves a checkpoint's tensors; only ``.cpu()`` reads it."""
+
+    @staticmethod
+    def __new__(cls, data: torch.Tensor, device: str):
+        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype, device=device)
+
+    def __init__(self, data: torch.Tensor, device: str):
+        self.bytes = data
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and torch.device(kwargs.get("device", "meta")).type == "cpu":
+            return args[0].bytes.clone()
+        raise NotImplementedError(f"{func}: the tensor is on another device")
+
+
+def test_rng_states_restore_from_a_checkpoint_mapped_to_another_device():
+    """A resumed CUDA run maps its checkpoint to the GPU, RNG states too, and torch.set_rng_state
+    takes CPU byte tensors only. A checkpoint written on CUDA, with the CUDA generator's state,
+    resumes on the CPU: the CPU state alone is restored."""
+    from sslight.train.state import restore_rng, rng_state
+
+    saved = rng_state(torch.device("cpu"))
+    assert saved["cuda"] is None
+    expected = torch.rand(4)
+    cuda_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: seed and offset
+    restore_rng(dict(torch=OnAnotherDevice(saved["torch"], "cuda"), cuda=OnAnotherDevice(cuda_state, "cuda")),
+                torch.device("cpu"))
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_checkpoints_are_atomic_and_pruned(tmp_path):
     for step in range(4):
         checkpoint.save({"step": step}, tmp_path, 0, step)

@@ -68,15 +68,20 @@ def normalised(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def extract(backbone, split, size: int, device, dtype, workers: int, batch: int = 256, flip: bool = False):
-    """Backbone features (N, D) in float32 and labels (N,) for every image of ``split``."""
+    """Backbone features (N, D) in float32 and labels (N,) for every image of ``split``.
+
+    Eager, also where training compiled the backbone (``nn.Module.compile``, in place): eval mode,
+    no_grad and other batch sizes would each compile it again, counting towards dynamo's recompile
+    limit, past which dynamo runs it eager."""
     loader = image_loader(EvalImages(split, size, flip), batch, workers)
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    for images, y in loader:
-        with autocast(device, dtype):
-            feats.append(backbone(normalised(images, device)).float())
-        labels.append(y.to(device))
+    with torch.compiler.set_stance("force_eager"):
+        for images, y in loader:
+            with autocast(device, dtype):
+                feats.append(backbone(normalised(images, device)).float())
+            labels.append(y.to(device))
     backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 

@@ -11,6 +11,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from sslight.augment import ViewPhotometry
+from sslight.precision import full_precision
 
 # DINO's and MoCo-v2's photometry (docs/design.md, section 1): blur always on global 1, rarely on
 # global 2, which alone is solarized; locals half the time.
@@ -32,10 +33,9 @@ class StepContext:
 
 
 class Method(nn.Module):
-    """Subclasses set ``self.student`` (an Encoder) and implement :meth:`loss`.
-
-    ``loss`` returns (loss, dict of detached loss terms, student features of the first view
-    the student sees, for the joint linear probe).
+    """Subclasses set ``self.student`` (an Encoder) and implement :meth:`outputs` (the forward
+    passes, under the run's autocast) and :meth:`objective` (the loss from their outputs, always
+    in fp32: DESIGN.md section 5).
     """
 
     student: nn.Module
@@ -73,8 +73,25 @@ class Method(nn.Module):
     def trainable(self) -> list[nn.Module]:
         return [self.student]
 
-    def loss(self, groups: list[torch.Tensor], ctx: StepContext):
+    def outputs(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, tuple]:
+        """(student features of the first view the student sees, for the joint linear probe;
+        the head outputs that :meth:`objective` takes)."""
         raise NotImplementedError
+
+    def objective(self, *outputs: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        """(loss, dict of detached loss terms) from the head outputs; runs with autocast off."""
+        raise NotImplementedError
+
+    def loss(self, groups: list[torch.Tensor], ctx: StepContext):
+        """(loss, dict of detached loss terms, student features for the probe): the forward passes
+        under the caller's autocast, then :meth:`loss_from` their outputs."""
+        feats, outputs = self.outputs(groups)
+        return (*self.loss_from(outputs, ctx), feats)
+
+    def loss_from(self, outputs: tuple, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        """:meth:`objective` with autocast off, whatever the caller has in force."""
+        with full_precision(outputs[0].device):
+            return self.objective(*outputs, ctx=ctx)
 
     def forward(self, groups: list[torch.Tensor], ctx: StepContext):
         """The loss is the forward pass, so DistributedDataParallel can wrap the whole method."""

@@ -40,18 +40,20 @@ class Dino(Method):
     def teacher_outputs(self, globals_: torch.Tensor) -> torch.Tensor:
         return self.teacher([globals_])[1]
 
-    def loss(self, groups, ctx: StepContext):
-        d = self.cfg.dino
+    def outputs(self, groups):
         batch = groups[0].shape[0] // self.n_global
         feats, student_out = self.student(groups)
-        teacher_out = self.teacher_outputs(groups[0])  # the teacher sees the globals only
+        return feats[:batch], (student_out, self.teacher_outputs(groups[0]))  # the teacher sees the globals only
+
+    def objective(self, student_out, teacher_out, ctx: StepContext):
+        d = self.cfg.dino
+        batch = teacher_out.shape[0] // self.n_global
         log_probs = F.log_softmax(student_out.float() / d.student_temp, -1).view(-1, batch, d.out_dim)
         teacher_out = teacher_out.float()
         targets = F.softmax((teacher_out - self.center) / ctx.teacher_temp, -1).view(self.n_global, batch, -1)
         pairs = cross_entropy_pairs(targets, log_probs)
         self.update_center(teacher_out)
-        terms = pair_loss_terms(pairs, self.weights, self.n_global)
-        return weighted_pair_loss(pairs, self.weights), terms, feats[:batch]
+        return weighted_pair_loss(pairs, self.weights), pair_loss_terms(pairs, self.weights, self.n_global)
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

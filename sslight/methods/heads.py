@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,11 +31,16 @@ class DinoHead(nn.Module):
         self.mlp = _mlp(in_dim, hidden, bottleneck, 3, bn)
         self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck))
         self.last_layer_gain = None if norm_last_layer else nn.Parameter(torch.ones(out_dim, 1))
-        nn.init.trunc_normal_(self.last_layer, std=0.02)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        # nn.Linear's own init, as in DINO and SSLight, whose last layer is built after their
+        # trunc_normal_ pass: rows of norm 1/sqrt(3) whatever the width (std 0.02 would give
+        # 0.02 * sqrt(bottleneck)). The forward normalises the rows, but the gradient on them
+        # scales with 1 / norm, so the norm sets the step size wherever the optimiser is not
+        # scale-invariant (AdamW).
+        nn.init.kaiming_uniform_(self.last_layer, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)

@@ -28,12 +28,16 @@ class Moco(Method):
     def schedules(cls, cfg, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         return dict(momentum=np.full(total_steps, cfg.moco.momentum))
 
-    def loss(self, groups, ctx: StepContext):
-        m = self.cfg.moco
+    def outputs(self, groups):
         batch = groups[0].shape[0] // self.n_global
         feats, queries = self.student([groups[0][batch:], *groups[1:]])
         with torch.no_grad():
             _, keys = self.key_encoder([groups[0][:batch]])
+        return feats[:batch], (queries, keys)
+
+    def objective(self, queries, keys, ctx: StepContext):
+        m = self.cfg.moco
+        batch = keys.shape[0]
         queries = queries.float().view(-1, batch, m.out_dim)
         keys = keys.float()
         positive = torch.einsum("sbd,bd->sb", queries, keys).unsqueeze(-1)
@@ -42,8 +46,7 @@ class Moco(Method):
         # InfoNCE per (key view, query view) pair: the positive sits at index 0
         per_pair = -F.log_softmax(logits, -1)[..., 0].mean(1).unsqueeze(0)
         self.enqueue(distributed.gather_across_ranks(keys))  # every rank's keys: one queue, equal on all ranks
-        terms = pair_loss_terms(per_pair, self.weights, self.n_global - 1)
-        return weighted_pair_loss(per_pair, self.weights), terms, feats[:batch]
+        return weighted_pair_loss(per_pair, self.weights), pair_loss_terms(per_pair, self.weights, self.n_global - 1)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

@@ -69,13 +69,18 @@ class Swav(Method):
     def trainable(self):
         return [self.student, self.prototypes]
 
-    def loss(self, groups, ctx: StepContext):
+    def outputs(self, groups):
+        batch = groups[0].shape[0] // self.n_global
+        feats, z = self.student(groups)
+        return feats[:batch], (z,)
+
+    def objective(self, z, ctx: StepContext):
         s = self.cfg.swav
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        batch = groups[0].shape[0] // self.n_global
-        feats, z = self.student(groups)
-        scores = self.prototypes(z).float()
+        batch = z.shape[0] // (self.n_global + self.n_local)
+        z = z.float()
+        scores = self.prototypes(z)
         global_scores = scores[: self.n_global * batch].detach().view(self.n_global, batch, -1)
         use_queue = self.queue_length > 0 and ctx.epoch >= s.epoch_queue_starts
         if use_queue:
@@ -91,8 +96,7 @@ class Swav(Method):
             targets = sinkhorn(global_scores, s.epsilon, s.sinkhorn_iterations)
         log_probs = F.log_softmax(scores / s.temperature, -1).view(-1, batch, scores.shape[-1])
         pairs = cross_entropy_pairs(targets, log_probs)
-        terms = pair_loss_terms(pairs, self.weights, self.n_global)
-        return weighted_pair_loss(pairs, self.weights), terms, feats[:batch]
+        return weighted_pair_loss(pairs, self.weights), pair_loss_terms(pairs, self.weights, self.n_global)
 
     @torch.no_grad()
     def enqueue(self, z: torch.Tensor) -> None:

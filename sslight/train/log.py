@@ -144,6 +144,26 @@ class CollapseMonitor:
                 "for any method the learning rate")
 
 
+class CompileCount:
+    """The graphs ``torch.compile`` has built since the run started (dynamo's count), logged with
+    every record of a compiled run: it builds one graph per backbone and resolution group (a
+    graph break adds one) in its first steps and none after. A count that grows later means
+    recompiles, and past dynamo's recompile limit the backbone runs eager."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.start = self.graphs() if enabled else 0
+
+    @staticmethod
+    def graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return counters["stats"]["unique_graphs"]
+
+    def read(self) -> dict[str, int]:
+        return dict(compiled_graphs=self.graphs() - self.start) if self.enabled else {}
+
+
 def digest(tensors) -> str:
     h = hashlib.sha256()
     for t in tensors:

@@ -28,7 +28,8 @@ from sslight.models import build_backbone
 from sslight.precision import dtype_of
 from sslight.train import faults
 from sslight.train.faults import NonFiniteGuard
-from sslight.train.log import CollapseMonitor, LoaderBoundHint, MetricsLog, epoch_bar, read, traced_from_env
+from sslight.train.log import CollapseMonitor, CompileCount, LoaderBoundHint, MetricsLog, epoch_bar, read, \
+    traced_from_env
 from sslight.train.optim import build_optimizer, lr_wd_schedules, param_groups
 from sslight.train.probe import JointProbe
 from sslight.train.run_folder import Claim, claim
@@ -110,6 +111,7 @@ class Parts:
     max_steps: int
     hint: LoaderBoundHint
     collapse: CollapseMonitor
+    compiles: CompileCount
 
 
 def build(run: Run) -> Parts:
@@ -134,10 +136,11 @@ def build(run: Run) -> Parts:
     monitor = CollapseMonitor(METHODS[cfg.method].collapse_rank_warning)
     step = Step(method, distributed.wrap(method, dist), optimizer, schedules, augment, guard, probe,
                 cfg.optim.clip_grad, dtype, monitor)
-    state = TrainState(method, optimizer, probe, guard, replacing=list(run.claim.replacing))
+    state = TrainState(method, optimizer, probe, guard, device, replacing=list(run.claim.replacing))
     return Parts(state, loader, traced_from_env(step, method, dist.rank),
                  schedules, steps_per_epoch, t.steps or total,
-                 LoaderBoundHint(cfg.data.loader, cfg.data.workers, len(os.sched_getaffinity(0))), monitor)
+                 LoaderBoundHint(cfg.data.loader, cfg.data.workers, len(os.sched_getaffinity(0))), monitor,
+                 CompileCount(t.compile))
 
 
 def train(run: Run, console: Console | None = None) -> dict:
@@ -150,7 +153,7 @@ def train(run: Run, console: Console | None = None) -> dict:
         parts = build(run)
         at = Position()
         if run.resume_from is not None:
-            at = parts.state.restore(run.resume_from, run.device)
+            at = parts.state.restore(run.resume_from)
             console.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}", soft_wrap=True)
         log = MetricsLog(run.out, enabled=run.dist.main)
         summary: dict = dict(out=str(run.out))
@@ -285,7 +288,7 @@ def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size:
         shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ips=f"{ips:.0f}", wait=f"{wait:.0f}",
                      rank=f"{collapse['rank_fraction']:.0%}" if collapse else "-")
         log.write("train", at.step, epoch=at.epoch, loss=loss, lr=lr, images_per_s=ips, data_wait_pct=wait,
-                  **collapse)
+                  **collapse, **parts.compiles.read())
         for warning in (parts.hint.check(wait), parts.collapse.warning(collapse)):
             if warning:
                 console.print(f"[yellow]{warning}", soft_wrap=True)
@@ -299,7 +302,8 @@ def end_epoch(run: Run, parts: Parts, at: Position, loss_sum: torch.Tensor, inte
     raises :class:`faults.Interrupted` once the checkpoint is written."""
     cfg, state = run.cfg, parts.state
     trained = max(at.batch_in_epoch - state.guard.skipped_in_epoch, 1)
-    record = dict(epoch=at.epoch, loss=(distributed.mean_across_ranks(loss_sum) / trained).item(), steps=at.step)
+    record = dict(epoch=at.epoch, loss=(distributed.mean_across_ranks(loss_sum) / trained).item(), steps=at.step,
+                  **parts.compiles.read())
     probe_top1 = state.probe.train_top1() if state.probe is not None else None
     if probe_top1 is not None:
         record["probe_train_top1"] = probe_top1

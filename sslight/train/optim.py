@@ -3,12 +3,41 @@ schedules."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
 
 from sslight.config import Config
 from sslight.schedules import cosine
+
+
+def each(factors: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``factors`` (one per tensor, on the tensors' device) as the list that multiplies each of
+    ``tensors`` by its own factor in a foreach op, with no host sync. On CUDA the factors are
+    spread over one buffer laid out like the tensors (:func:`spread`); a list of 0-d tensors
+    would take the foreach ops' slow path, one kernel per tensor (ATen's ForeachUtils.h: the fast
+    path needs equal sizes and strides in every list). On the CPU every foreach op loops over
+    the tensors anyway: the 0-d factors, no buffer."""
+    return spread(factors, tensors) if factors.is_cuda else list(factors.unbind())
+
+
+def spread(factors: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of one buffer, the i-th of the size and strides of ``tensors[i]`` and filled with
+    ``factors[i]``: a few kernels (repeat_interleave), and the foreach op they feed takes its fast
+    path (multi-tensor kernels, each over many tensors). Every tensor is dense (gradients follow
+    their parameter's layout), so its strides stay within its own numel."""
+    numels = tuple(t.numel() for t in tensors)
+    buffer = factors.repeat_interleave(_counts(numels, factors.device), output_size=sum(numels))
+    starts = np.cumsum((0,) + numels[:-1]).tolist()
+    return [buffer.as_strided(t.size(), t.stride(), start) for t, start in zip(tensors, starts)]
+
+
+@functools.lru_cache(maxsize=16)
+def _counts(numels: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``numels`` on ``device``, copied once per parameter list (a host-to-device copy syncs)."""
+    return torch.tensor(numels, device=device)
 
 
 def is_depthwise(p: torch.Tensor) -> bool:
@@ -53,7 +82,7 @@ class LARS(torch.optim.Optimizer):
                 g_norm = torch.stack(torch._foreach_norm(grads))
                 trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm,
                                     torch.ones_like(p_norm))
-                grads = torch._foreach_mul(grads, list(trust.unbind()))
+                grads = torch._foreach_mul(grads, each(trust, grads))
             bufs = []
             for p in params:
                 state = self.state[p]
@@ -97,4 +126,4 @@ def clip_per_parameter(params: list[torch.Tensor], max_norm: float) -> None:
     if not grads:
         return
     norms = torch.stack(torch._foreach_norm(grads))
-    torch._foreach_mul_(grads, list((max_norm / (norms + 1e-6)).clamp(max=1.0).unbind()))
+    torch._foreach_mul_(grads, each((max_norm / (norms + 1e-6)).clamp(max=1.0), grads))

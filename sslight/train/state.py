@@ -26,6 +26,24 @@ class Position:
     epoch_loss_sum: float = 0.0
 
 
+def rng_state(device: torch.device) -> dict:
+    """The RNG states a resumed run needs, as CPU tensors: the CPU's (torch's default generator)
+    and, training on CUDA, the training device's (ViT drop path draws from it). One device per
+    process: every rank seeds and draws alike, so rank 0's states are every rank's, as they are
+    for the CPU."""
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def restore_rng(saved: dict, device: torch.device) -> None:
+    """Restores :func:`rng_state`'s states, wherever ``map_location`` put their tensors (the
+    generators take CPU byte tensors only). A run written on CUDA resumed on the CPU restores the
+    CPU state alone (nothing there draws from a CUDA generator); one written on the CPU resumed on
+    CUDA keeps the CUDA generator as the seed set it."""
+    torch.set_rng_state(saved["torch"].cpu())
+    if saved.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda"].cpu(), device)
+
+
 @dataclass
 class TrainState:
     """Everything a checkpoint saves beside the position."""
@@ -34,6 +52,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     probe: JointProbe | None
     guard: NonFiniteGuard
+    device: torch.device
     replacing: list[Path] = field(default_factory=list)  # another run's checkpoints, removed after our first
 
     def save(self, cfg: Config, out: Path, dist: distributed.Dist, epoch: int, step: int, batch_in_epoch: int,
@@ -47,7 +66,7 @@ class TrainState:
                      **(self.probe.state_dict() if self.probe is not None else dict(probe=None, probe_opt=None)),
                      epoch=epoch, step=step, batch_in_epoch=batch_in_epoch, epoch_loss_sum=loss_sum,
                      skipped_in_epoch=self.guard.skipped_in_epoch if batch_in_epoch else 0,
-                     rng=dict(torch=torch.get_rng_state()), config=config_mod.to_dict(cfg))
+                     rng=rng_state(self.device), config=config_mod.to_dict(cfg))
         try:
             path = checkpoint.save(state, out, epoch, step, self.replacing)
             self.replacing = []
@@ -58,12 +77,12 @@ class TrainState:
             raise TrainingStopped(f"checkpoint at step {step} not written: {exc.strerror or exc} "
                                   f"({out}); {kept}") from exc
 
-    def restore(self, path: Path, device: torch.device) -> Position:
-        state = checkpoint.load(path, device)
+    def restore(self, path: Path) -> Position:
+        state = checkpoint.load(path, self.device)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.probe is not None and state.get("probe"):
             self.probe.load_state_dict(state)
         self.guard.skipped_in_epoch = state.get("skipped_in_epoch", 0)
-        torch.set_rng_state(state["rng"]["torch"])
+        restore_rng(state["rng"], self.device)
         return Position(state["epoch"], state["step"], state["batch_in_epoch"], state["epoch_loss_sum"])
