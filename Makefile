@@ -33,7 +33,7 @@ BENCH_OUT ?= runs/bench
 FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
 EXTRAS ?= dev,dali$(FFCV_EXTRA)
 
-.PHONY: install data-link bench-data gpu-data train sweep eval export test test-all bench bench-gpu clean
+.PHONY: install data-link bench-data gpu-data gpu-check-dry train sweep eval export test test-all bench bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
 
+# scripts/gpu_check.sh's dry run (GPU_CHECK_DRY=1: its stages with tiny sizes on the CPU), as CI runs it
+gpu-check-dry: install
+	$(PY) -m pytest -q -m slow tests/test_gpu_check.py $(PYTEST_ARGS)
+
 # CPU suite (about 11 minutes here): tables on stdout; CSV, PNG and summary.md in BENCH_OUT
 bench: install bench-data
 	$(PY) -m benchmarks.suite --profile cpu --out "$(BENCH_OUT)"
@@ -94,20 +98,27 @@ bench: install bench-data
 bench-gpu: install bench-data
 	$(PY) -m benchmarks.suite --profile gpu --out "$(BENCH_OUT)"
 
-# What the GPU machine needs beside the repo (under its 64 MiB carry limit): the CIFAR-10
-# archive, 200 ImageNet-sized JPEGs and the pure-Python wheels it lacks. Then, there:
-# bash scripts/gpu_check.sh
+# What the GPU machine needs beside the repo, under the 64 MiB that travel there (the working tree
+# counts too): the CIFAR-10 archive, GPU_SAMPLE ImageNet-sized JPEGs (the benchmarks measure on
+# links cycling through them) and wheels of what the GPU check imports beyond torch, torchvision,
+# timm and Triton; not numba (its llvmlite alone is about 40 MB): without it the CPU runs the
+# photometric tensor ops. Then, there: bash scripts/gpu_check.sh 1 2, and bash scripts/gpu_check.sh 3
+GPU_SAMPLE := 200
 GPU_WHEELS := simplejpeg rich markdown-it-py mdurl pygments pytest iniconfig pluggy packaging matplotlib contourpy \
-	cycler fonttools kiwisolver pyparsing python-dateutil six pyyaml
+	cycler fonttools kiwisolver pyparsing python-dateutil six tzdata pyyaml
 gpu-data: install
 	rm -rf gpu_data && mkdir -p gpu_data/wheels gpu_data/imagenet-sample
 	cp "$(realpath $(SHARED_CIFAR))" gpu_data/
 	tar -xf "$(SHARED_IMAGENET)" -C gpu_data/imagenet-sample --wildcards '*.JPEG'
-	find gpu_data/imagenet-sample -type f | sort | tail -n +201 | tr '\n' '\0' | xargs -0 rm -f
-	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+	find gpu_data/imagenet-sample -type f | sort | tail -n +$$(($(GPU_SAMPLE) + 1)) | tr '\n' '\0' | xargs -0 rm -f
+	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		--no-deps -d gpu_data/wheels $(GPU_WHEELS)
 	printf '%s\n' $(GPU_WHEELS) > gpu_data/wheels/requirements.txt
-	du -sh gpu_data
+	@data=$$(du -sb gpu_data | cut -f1); \
+	tree=$$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s += $$1} END {print s}'); \
+	echo "gpu_data: $$((data >> 20)) MiB; with the working tree $$(((data + tree) >> 20)) MiB of the 64 MiB that travel"; \
+	[ $$((data + tree)) -lt $$((64 << 20)) ] || { echo "gpu-data: over the 64 MiB that travel to the GPU machine"; exit 1; }
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,8 +1,9 @@
 """The CPU learning check: each method's short-schedule run (``SCHEDULE=short``), which measures
 kNN top-1 at initialisation and at the end; one markdown row per method.
 
-Usage: python -m benchmarks.learning [--methods dino,swav,moco] [--model mnv2] [--seeds 0] [key=value ...]
-The runs land in ``runs/learning/<model>_<method>_s<seed>`` (replaced when run again).
+Usage: python -m benchmarks.learning [--methods dino,swav,moco] [--model mnv2] [--seeds 0]
+       [--out runs/learning] [key=value ...]
+The runs land in ``<out>/<model>_<method>_s<seed>`` (replaced when run again).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ def main() -> None:
     p.add_argument("--methods", default="dino,swav,moco", help="comma-separated")
     p.add_argument("--model", default="mnv2")
     p.add_argument("--seeds", default="0", help="comma-separated")
+    p.add_argument("--out", default="runs/learning", help="the folder the runs land in")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     print("| method | model | seed | kNN top-1 at init | kNN top-1 after | gain (points) | minutes | lowest rank fraction |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method in args.methods.split(","):
         for seed in args.seeds.split(","):
-            out = f"runs/learning/{args.model}_{method}_s{seed}"
+            out = f"{args.out}/{args.model}_{method}_s{seed}"
             start = time.time()
-            cli_main(["train", "--out", out, "--schedule", "short", "--method", method, "--model", args.model,
-                      "--seed", seed, "train.overwrite=true", *args.overrides])
+            code = cli_main(["train", "--out", out, "--schedule", "short", "--method", method, "--model", args.model,
+                             "--seed", seed, "train.overwrite=true", *args.overrides])
+            if code:
+                raise SystemExit(f"{out}: training failed (exit {code}); its messages are above")
             minutes = (time.time() - start) / 60
             records = read(f"{out}/metrics.jsonl")
             init = next(r["knn_top1"] for r in records if r["kind"] == "init")

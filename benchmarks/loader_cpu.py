@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cpu")
     torch.set_num_threads(default_main_threads(args.workers))
     augment = views_ready(groups, device)
-    stream = cycle_epochs(build_loader(args.backend, discover(args.data).train, groups, args.batch, 0, device,
-                                       args.workers))
+    split = discover(args.data).train
+    stream = cycle_epochs(build_loader(args.backend, split, groups, args.batch, 0, device, args.workers).epoch,
+                          f"{args.backend}, --batch {args.batch} with {len(split)} images")
     others = set(children())  # processes that are not this loader's workers
     for _ in range(warmup_batches(args.workers)):
         next(stream)

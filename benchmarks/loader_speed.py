@@ -127,31 +127,47 @@ def views_ready(groups, device: torch.device):
     return lambda batch: photometric.batch(batch.views, generator)
 
 
+def synchronize() -> None:
+    """Waits for the GPU's queued work (GPU loaders and the photometric step return before their
+    kernels finish), so that a clock started or read after it counts that work where it belongs."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def rate(stream, batches: int, batch_size: int, warmup: int, transform=None) -> float:
     """Images/s over ``batches`` batches of ``stream`` after ``warmup`` batches (enough to drain what
     the loader prefetched while it waited, which would otherwise come for free)."""
     for _ in range(warmup):
         next(stream)
+    synchronize()  # the warm-up's kernels are not the measured batches' work
     start = time.perf_counter()
     for _ in range(batches):
         batch = next(stream)
         if transform:
             transform(batch)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()  # GPU loaders return before their kernels finish
+    synchronize()
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def cycle_epochs(loader):
+def images_per_stream(batch_size: int, batches: int, workers: int) -> int:
+    """The images one stream of :func:`main` reads: its warm-up, then ``batches`` for each of its
+    (at most two) rows; an epoch of at least this many keeps every measured batch inside it."""
+    return batch_size * (warmup_batches(workers) + 2 * batches)
+
+
+def cycle_epochs(epoch_batches, what: str):
+    """The batches of epoch 0, 1, 2, ... of ``epoch_batches(epoch)``, without end; an epoch that
+    yields none (fewer images than one batch) raises, where it would otherwise loop for ever."""
     epoch = 0
     while True:
-        yield from loader.epoch(epoch)
+        empty = True
+        for batch in epoch_batches(epoch):
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"{what}: epoch {epoch} yielded no batch; allowed: a batch size of at most the "
+                             "images (per process)")
         epoch += 1
-
-
-def cycle(loader):
-    while True:
-        yield from loader
 
 
 def main(argv: list[str] | None = None) -> Table:
@@ -178,30 +194,34 @@ def main(argv: list[str] | None = None) -> Table:
     warmup = warmup_batches(args.workers)
 
     def dl(ds, collate=None):
-        return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                           drop_last=True, persistent_workers=True, collate_fn=collate)
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
+                                             drop_last=True, persistent_workers=args.workers > 0,
+                                             collate_fn=collate)
+        return cycle_epochs(lambda epoch: loader, f"--batch {args.batch} with {len(split)} images")
 
     augment = views_ready(groups, device)
 
     # (stream factory, [(pipeline, output, transform)]): a backend's two rows share one stream
-    pipelines = [(lambda: cycle(dl(_DecodeOnly(split.files))), [("decode only (torchvision decode_jpeg)",
-                                                                  "reference", None)]),
-                 (lambda: cycle(dl(_Original(split.files, groups))),
+    pipelines = [(lambda: dl(_DecodeOnly(split.files)), [("decode only (torchvision decode_jpeg)", "reference",
+                                                          None)]),
+                 (lambda: dl(_Original(split.files, groups)),
                   [("original SSLight data path (PIL, per view)", "views ready", None)])]
     for backend in args.backends:
         if missing(backend):
             print(f"skipping {backend}: not installed here")
             continue
         pipelines.append((lambda b=backend: cycle_epochs(build_loader(b, split, groups, args.batch, 0, device,
-                                                                      args.workers)),
+                                                                      args.workers).epoch,
+                                                         f"{b}, --batch {args.batch} with {len(split)} images"),
                           [(backend, "geometry", None), (backend, "views ready", augment)]))
 
     def measure(make_stream, rows):
         # one pipeline at a time, its workers gone before the next starts: a live loader keeps
         # refilling its prefetch queue and would steal the cores from the one being measured
         stream = make_stream()
-        try:
-            return [rate(stream, args.batches, args.batch, warmup, transform) for _, _, transform in rows]
+        try:  # warm-up once per stream: its second row follows the first in the loader's steady state
+            return [rate(stream, args.batches, args.batch, warmup if i == 0 else 0, transform)
+                    for i, (_, _, transform) in enumerate(rows)]
         finally:
             stream.close()
             gc.collect()

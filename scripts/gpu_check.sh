@@ -1,24 +1,137 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call on the GPU machine (no network there; torch, torchvision, timm
-# and Triton preinstalled): `make gpu-data` here first, then carry gpu_data/ and run
-#   bash scripts/gpu_check.sh
-# CUDA tests first, so a failure there still comes back (nvJPEG + Triton crop kernel, Photometric,
-# compiled bf16 steps, data.loader=auto on CUDA, the prefetched decode against the serial one),
-# the backend contract and overlap tests on the GPU's Python, then the GPU benchmark suite into
-# $OUT/bench (or runs/bench): loaders, and the default make train (auto, overlapped) against its
-# serial decode and pil, compiled bf16 against eager fp32; last, a short DINO run with its kNN gain.
-set -euo pipefail
+# The GPU check, in stages. Each stage runs its commands under `timeout` and writes its results
+# under $OUT as it ends, so a stage that fails or runs out of time leaves the others' results.
+#   1  correctness (at most 200 s): every CUDA test (pytest -m gpu, any file: nvJPEG and the Triton
+#      crop kernel against the CPU, Photometric CPU vs GPU, compiled bf16 steps, resume on CUDA,
+#      ...), then the backend contract, overlap, decode and augment tests on the GPU's Python
+#   2  throughput (at most 290 s): benchmarks/suite.py --profile gpu: loaders at 224 px on links
+#      cycling through the carried sample (every measured batch inside one epoch), then training
+#      end to end, auto (nvJPEG, overlapped) against its serial decode and pil, compiled bf16
+#      against eager fp32, with the graphs torch.compile built and any it rebuilt
+#   3  learning (at most 200 s): the short schedule, DINO on ResNet-18, kNN at init and after
+# On the GPU machine (no network; torch, torchvision, timm and Triton there), after `make gpu-data`
+# here and with gpu_data/ carried: `bash scripts/gpu_check.sh 1 2` in one call (about 520 s at
+# most), then `bash scripts/gpu_check.sh 3` in a second; no argument runs every stage.
+# GPU_CHECK_DRY=1: the same stages and commands with tiny sizes on the CPU (stage 1 collects the
+# contract tests without running them: the default test run runs them); CI runs it (make
+# gpu-check-dry), so the script cannot rot. Without gpu_data/ it takes a stand-in from ../shared.
+# $OUT (default runs/gpu_check) gets at most 7 flat files, as the GPU machine returns them:
+# stage<N>.log for each stage, stage2.md and stage3.md (the tables), stage2.tar.gz and
+# stage3.tar.gz (CSV files, charts, each run's config and metrics; no checkpoints).
+# Other settings: PYTHON (default python3), GPU_CHECK_DATA (default gpu_data), GPU_CHECK_WORK
+# (runs, links, extracted data; default runs/gpu_check_work), SSLIGHT_DATA (default in the work folder).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-DATA_IN=gpu_data
-OUT_DIR=${OUT:-runs}
-python -m pip install -q --no-index --find-links "$DATA_IN/wheels" -r "$DATA_IN/wheels/requirements.txt"
-export PYTHONPATH=$PWD SSLIGHT_DATA=$(mktemp -d) SSLIGHT_CIFAR_ARCHIVE=$PWD/$DATA_IN/cifar10-jpeg.tar.gz
-ln -s "$PWD/$DATA_IN/cifar10-jpeg.tar.gz" "$SSLIGHT_DATA/"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
-python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_prefetch.py tests/test_backends.py tests/test_nvjpeg.py \
-    tests/test_augment.py || echo "gpu_check: tests failed (exit $?); the benchmarks run all the same"
-python -m benchmarks.suite --profile gpu --imagenet "$DATA_IN/imagenet-sample" --out "$OUT_DIR/bench"
-# a learning point on the GPU: the short schedule (60,000 CIFAR-10 images), kNN at init and after
-timeout 240 python -m benchmarks.learning --methods dino --model r18 | tee "$OUT_DIR/learning.md" \
-    || echo "gpu_check: the learning run did not finish in 4 minutes (exit $?)"
+DRY=${GPU_CHECK_DRY:-0}
+PY=${PYTHON:-python3}
+DATA_IN=${GPU_CHECK_DATA:-gpu_data}
+STAGES=("$@")
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(1 2 3)
+for stage in "${STAGES[@]}"; do
+    case $stage in 1|2|3) ;; *) echo "gpu_check: stage '$stage' unknown; allowed: 1, 2, 3" >&2; exit 2 ;; esac
+done
+mkdir -p "${OUT:-runs/gpu_check}" "${GPU_CHECK_WORK:-runs/gpu_check_work}"
+OUT_DIR=$(realpath "${OUT:-runs/gpu_check}")
+WORK=$(realpath "${GPU_CHECK_WORK:-runs/gpu_check_work}")
+
+if [ "$DRY" = 1 ]; then
+    PROFILE=gpu_dry
+    # one compute thread a process: on a shared 2-core machine two spin-waiting threads fight the
+    # loader workers and the machine's other processes (a 0.2 s step of the tiny model took 10 s)
+    export OMP_NUM_THREADS=1
+    # the learning run's tiny sizes: 2 steps of 8 images, small heads, a small kNN bank
+    LEARNING_SIZES=(data.limit=16 train.epochs=1 train.batch_size=8 eval.bank_limit=100 eval.query_limit=50
+                    dino.out_dim=256 dino.hidden_dim=128 dino.bottleneck_dim=32)
+    if [ ! -d "$DATA_IN" ]; then  # what `make gpu-data` carries, in small: 16 of the shared JPEGs
+        DATA_IN=$WORK/data_in
+        if [ ! -d "$DATA_IN/imagenet-sample" ]; then
+            mkdir -p "$DATA_IN/tmp"
+            tar -xf ../shared/datasets/imagenet-sample.tar -C "$DATA_IN/tmp" --wildcards '*.JPEG' || exit 1
+            find "$DATA_IN/tmp" -type f | sort | tail -n +17 | tr '\n' '\0' | xargs -0 rm -f
+            mv "$DATA_IN/tmp" "$DATA_IN/imagenet-sample"
+        fi
+        ln -sfn "$(realpath ../shared/datasets/cifar10-jpeg.tar.gz)" "$DATA_IN/cifar10-jpeg.tar.gz"
+    fi
+else
+    PROFILE=gpu
+    LEARNING_SIZES=()
+    "$PY" -m pip install -q --no-index --find-links "$DATA_IN/wheels" -r "$DATA_IN/wheels/requirements.txt" \
+        || echo "gpu_check: FAILED to install the carried wheels; the stages run all the same" >&2
+fi
+DATA_IN=$(realpath "$DATA_IN")
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export SSLIGHT_DATA=${SSLIGHT_DATA:-$WORK/data} SSLIGHT_CIFAR_ARCHIVE=$DATA_IN/cifar10-jpeg.tar.gz
+mkdir -p "$SSLIGHT_DATA"
+[ -d "$SSLIGHT_DATA/cifar10" ] || ln -sfn "$SSLIGHT_CIFAR_ARCHIVE" "$SSLIGHT_DATA/cifar10-jpeg.tar.gz"
+
+run() {  # LIMIT COMMAND...: the command under a time limit, saying how it ended and when
+    local limit=$1 start=$SECONDS code
+    shift
+    echo "gpu_check: $* (limit ${limit}s)" >&2
+    timeout -k 10 "$limit" "$@"
+    code=$?
+    if [ $code = 124 ] || [ $code = 137 ]; then echo "gpu_check: TIMED OUT after ${limit}s: $*" >&2
+    elif [ $code != 0 ]; then echo "gpu_check: FAILED (exit $code): $*" >&2; fi
+    echo "gpu_check: ended after $((SECONDS - start))s: $*" >&2
+    return $code
+}
+
+pack() {  # ARCHIVE FOLDER: the folder's tables, charts, configs and metrics (no checkpoints)
+    (cd "$2" && find . \( -name '*.csv' -o -name '*.png' -o -name '*.md' -o -name 'config.json' \
+        -o -name 'metrics.jsonl' \) -print0 | tar -czf "$1" --null -T -)
+}
+
+environment() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PY" -c "import torch, torchvision, timm; from sslight.augment import cpu_kernel
+print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__,
+      'timm', timm.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())
+print('CPU photometry:', 'the fused numba kernel' if cpu_kernel() else 'the tensor ops (no numba)')"
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(date -u +%Y-%m-%dT%H:%MZ); dry=$DRY"
+}
+
+stage1() {
+    local contract=(tests/test_backends.py tests/test_prefetch.py tests/test_nvjpeg.py tests/test_augment.py)
+    local only_collect=()
+    [ "$DRY" = 1 ] && only_collect=(--collect-only)
+    local code=0
+    # a test module that cannot be imported here costs its own tests, not every other file's
+    local pytest=("$PY" -m pytest -q -p no:cacheprovider -rA --continue-on-collection-errors)
+    run 140 "${pytest[@]}" -m gpu tests/ || code=1
+    run 60 "${pytest[@]}" "${only_collect[@]}" "${contract[@]}" || code=1
+    return $code
+}
+
+stage2() {
+    local bench=$WORK/bench code=0
+    rm -rf "$bench"
+    run 100 "$PY" -m benchmarks.suite --profile $PROFILE --imagenet "$DATA_IN/imagenet-sample" --out "$bench/loaders" \
+        --parts loaders,augment || code=1
+    run 190 "$PY" -m benchmarks.suite --profile $PROFILE --imagenet "$DATA_IN/imagenet-sample" --out "$bench/train" \
+        --parts train || code=1
+    cat "$bench"/loaders/summary.md "$bench"/train/summary.md > "$OUT_DIR/stage2.md" 2>/dev/null
+    pack "$OUT_DIR/stage2.tar.gz" "$bench"
+    return $code
+}
+
+stage3() {
+    local runs=$WORK/learning code=0
+    rm -rf "$runs"
+    mkdir -p "$runs"
+    run 200 "$PY" -m benchmarks.learning --methods dino --model r18 --out "$runs" "${LEARNING_SIZES[@]}" \
+        > "$OUT_DIR/stage3.md" || code=1
+    cat "$OUT_DIR/stage3.md"
+    pack "$OUT_DIR/stage3.tar.gz" "$runs"
+    return $code
+}
+
+failed=()
+for stage in "${STAGES[@]}"; do
+    start=$SECONDS
+    { environment; "stage$stage"; } 2>&1 | tee "$OUT_DIR/stage$stage.log"
+    code=$?
+    echo "gpu_check: stage $stage $([ $code = 0 ] && echo passed || echo FAILED) in $((SECONDS - start))s" \
+        | tee -a "$OUT_DIR/stage$stage.log"
+    [ $code = 0 ] || failed+=("$stage")
+done
+[ ${#failed[@]} = 0 ] || { echo "gpu_check: stage(s) ${failed[*]} failed; logs in $OUT_DIR"; exit 1; }

@@ -5,7 +5,8 @@ once, for every backend. Per sample, colour jitter and greyscale are composed in
 colour matrix plus an offset; blur is a separable Gaussian with per-sample taps. The per-sample
 parameters are drawn and composed here with small tensor ops; the pixel work is then either a
 fixed number of batched tensor ops with no host synchronisation (accelerators: one matmul, an
-identity kernel where blur is off) or, on the CPU, the fused kernel of ``sslight.augment_cpu``.
+identity kernel where blur is off) or, on the CPU, the fused kernel of ``sslight.augment_cpu``
+where numba is installed (the tensor ops otherwise: the GPU machine's image has no numba).
 
 Where this departs from torchvision's ``ColorJitter`` (documented, by design):
 - the jitter order is fixed (brightness, contrast, saturation, hue), not shuffled per call;
@@ -20,6 +21,7 @@ at ceil(3 sigma) pixels (the CPU kernel then only runs the taps it needs).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -42,6 +44,21 @@ class ViewPhotometry:
     grey_p: float
     blur_p: float
     solarize_p: float
+
+
+@functools.cache
+def cpu_kernel():
+    """The fused CPU kernel's module, or None where numba cannot be imported: not installed (it
+    does not travel to the GPU machine: its llvmlite alone is about 40 MB), or built for another
+    NumPy (numba refuses to import then). The CPU then runs the tensor ops, from the same
+    parameters. Decided once per process."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    from sslight import augment_cpu
+
+    return augment_cpu
 
 
 def _yiq() -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,20 +159,23 @@ class Photometric:
     def apply(self, views: torch.Tensor, first_view: int, u: torch.Tensor) -> torch.Tensor:
         """Augments with the given uniform draws ``u`` (n_views*B, 9): one row per output view.
 
-        On the CPU the fused kernel of ``sslight.augment_cpu`` does the pixel work; elsewhere
-        tensor ops do. Both take the same per-sample parameters."""
+        On the CPU the fused kernel of ``sslight.augment_cpu`` does the pixel work where numba is
+        installed; elsewhere tensor ops do. Both take the same per-sample parameters."""
         n_views, batch = views.shape[:2]
         views = views.flatten(0, 1)
         params = self.parameters(views, self.table[first_view:first_view + n_views].repeat_interleave(batch, 0), u)
-        if views.device.type == "cpu":
+        if self._fused(views):
             return self.fused_cpu(views, *params)
         return self.tensor_ops(views, *params)
 
+    @staticmethod
+    def _fused(views: torch.Tensor) -> bool:
+        return views.device.type == "cpu" and cpu_kernel() is not None
+
     def parameters(self, views: torch.Tensor, table: torch.Tensor, u: torch.Tensor):
         """Per-sample colour matrix (for 0..255 input) and offset, blur taps, blur and solarize flags."""
-        if views.device.type == "cpu":
-            from sslight.augment_cpu import channel_means  # numba: CPU only, absent from some GPU images
-            means = channel_means(views)
+        if self._fused(views):
+            means = cpu_kernel().channel_means(views)  # without a float copy of the views
         else:
             means = views.float().mean((2, 3))
         m, o = self.colour_matrices(u, table[:, :4], table[:, 4], table[:, 5], means / 255)
@@ -163,9 +183,8 @@ class Photometric:
         return m / 255, o, kernel, u[:, 6] < table[:, 6], u[:, 8] < table[:, 7]
 
     def fused_cpu(self, views, matrix, offset, kernel, blur_on, solarize_on) -> torch.Tensor:
-        from sslight.augment_cpu import photometric
-        return photometric(views, matrix, offset, kernel, blur_on, solarize_on, SOLARIZE_THRESHOLD,
-                           self.norm_scale, self.norm_shift).to(self.dtype)
+        return cpu_kernel().photometric(views, matrix, offset, kernel, blur_on, solarize_on, SOLARIZE_THRESHOLD,
+                                        self.norm_scale, self.norm_shift).to(self.dtype)
 
     def tensor_ops(self, views, matrix, offset, kernel, blur_on, solarize_on) -> torch.Tensor:
         n, _, h, w = views.shape

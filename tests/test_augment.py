@@ -1,13 +1,21 @@
 """Photometric augmentation: shapes, ranges, probabilities, and agreement with torchvision."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, ViewPhotometry
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD, Photometric, ViewPhotometry, cpu_kernel
 from sslight.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+# the GPU machine's Python has no numba: there the CPU runs the tensor ops, and these tests skip
+needs_numba = pytest.mark.skipif(cpu_kernel() is None, reason="numba not installed: no fused CPU kernel")
 
 N = 4000  # samples for probability checks; 4 sigma of a Bernoulli(0.2) mean is about 0.025
 
@@ -147,6 +155,7 @@ def test_same_seed_same_views():
     assert torch.equal(a, b)
 
 
+@needs_numba
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("method, size, n_views", [("dino", 224, 2), ("dino", 18, 6), ("swav", 96, 3), ("dino", 4, 2)])
 def test_cpu_kernel_equals_tensor_ops(method, size, n_views, layout):
@@ -164,6 +173,32 @@ def test_cpu_kernel_equals_tensor_ops(method, size, n_views, layout):
     torch.testing.assert_close(fused, aug.tensor_ops(views, *params), atol=2e-5, rtol=0)
 
 
+@needs_numba
+def test_without_numba_the_cpu_runs_the_tensor_ops(tmp_path):
+    """Where numba is not installed (the GPU machine), the CPU path takes the tensor ops, and they
+    give what the fused kernel gives from the same draws."""
+    g = torch.Generator().manual_seed(8)
+    views = torch.randint(0, 256, (8, 6, 3, 24, 24), dtype=torch.uint8, generator=g)
+    u = torch.rand(48, 9, generator=g)
+    torch.save((views, u), tmp_path / "inputs.pt")
+    script = f"""
+import sys
+sys.modules["numba"] = None  # as if it were not installed
+import torch
+from sslight.augment import Photometric, cpu_kernel
+from sslight.methods import METHODS
+assert cpu_kernel() is None
+views, u = torch.load({str(tmp_path / "inputs.pt")!r})
+out = Photometric(METHODS["dino"].photometry(2, 6), 24, torch.device("cpu"), torch.float32).apply(views, 0, u)
+torch.save(out, {str(tmp_path / "out.pt")!r})
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, env=env, timeout=120)
+    fused = Photometric(METHODS["dino"].photometry(2, 6), 24, torch.device("cpu"), torch.float32).apply(views, 0, u)
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), fused, atol=2e-5, rtol=0)
+
+
+@needs_numba
 def test_cpu_output_buffer_reused_only_when_dropped():
     """The CPU kernel's output buffer comes back for the next batch only once the caller has let
     go of the previous one: held views are never overwritten."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import statistics
 
-from scipy.stats import ttest_ind
-
 from sslight.sweep.grid import Axis, points
 from sslight.table import Table
 
@@ -40,6 +38,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 def comparisons(axes: list[Axis], table: list[dict]) -> Table | None:
     """For each axis of exactly two values, at each setting of the remaining axes: the difference
     in final kNN top-1 between its second and first value, and Welch's p-value over the seeds."""
+    from scipy.stats import ttest_ind  # imported here: the GPU machine's carried wheels leave scipy out
     others = [a for a in axes if a.key != SEED]
     out = Table("differences over seeds (Welch's t-test)", ["axis", "second - first", "at", "difference",
                                                            "p", f"beyond the seed noise (p < {SIGNIFICANCE})"],
