@@ -13,6 +13,7 @@ main process's augmentation and training step instead of before it."""
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import NamedTuple
 
@@ -32,7 +33,15 @@ from loaders.shared_buffers import SharedBatchBuffers
 # re-raises whatever its CUDA decode threw as a plain RuntimeError carrying the message, so the
 # type alone is lost
 DEVICE_FAILURES = ("out of memory", "CUDA error", "cudaError", "device-side assert", "illegal memory access",
-                   "Failed to synchronize CUDA stream", "not compiled with nvJPEG")
+                   "Failed to synchronize CUDA stream", "not compiled with nvJPEG", "Failed to initialize nvjpeg",
+                   "Failed to create")
+# nvJPEG's own failures come as "Failed to <step>: <nvjpegStatus_t>"; these statuses are the
+# device's, not the file's: NOT_INITIALIZED 1, ALLOCATOR_FAILURE 5 (nvJPEG allocates its buffers
+# with cudaMalloc, outside torch's cache, so a full GPU fails here first), EXECUTION_FAILED 6,
+# ARCH_MISMATCH 7, INTERNAL_ERROR 8. A bad file gives BAD_JPEG 3, JPEG_NOT_SUPPORTED 4 or
+# INCOMPLETE_BITSTREAM 10.
+NVJPEG_STATUS = re.compile(r"Failed to [^:\n]*: (\d+)\b")
+NVJPEG_DEVICE_STATUSES = {1, 5, 6, 7, 8}
 
 
 class EncodedBatch(NamedTuple):
@@ -144,7 +153,9 @@ def decode_jpegs_gpu(data: list[torch.Tensor], device: torch.device) -> list[tor
 def is_device_failure(exc: RuntimeError) -> bool:
     """Whether a failed decode is the device's doing (out of memory, an asynchronous CUDA error)
     or the install's (a torchvision without nvJPEG) rather than a file's."""
-    return isinstance(exc, torch.OutOfMemoryError) or any(s in str(exc) for s in DEVICE_FAILURES)
+    message = str(exc)
+    return (isinstance(exc, torch.OutOfMemoryError) or any(s in message for s in DEVICE_FAILURES)
+            or any(int(status) in NVJPEG_DEVICE_STATUSES for status in NVJPEG_STATUS.findall(message)))
 
 
 def decode_or_isolate(data: list[torch.Tensor], batched_decode) -> list[torch.Tensor | None]:

@@ -18,6 +18,8 @@
 # $OUT (default runs/gpu_check) gets at most 7 flat files, as the GPU machine returns them:
 # stage<N>.log for each stage, stage2.md and stage3.md (the tables), stage2.tar.gz and
 # stage3.tar.gz (CSV files, charts, each run's config and metrics; no checkpoints).
+# GPU_CHECK_BUDGET (default 520): seconds this invocation may take in all, start-up included; each
+# command's limit is cut to what is left, so one call of at most 540 s always ends with its files.
 # Other settings: PYTHON (default python3), GPU_CHECK_DATA (default gpu_data), GPU_CHECK_WORK
 # (runs, links, extracted data; default runs/gpu_check_work), SSLIGHT_DATA (default in the work folder).
 set -uo pipefail
@@ -25,6 +27,7 @@ cd "$(dirname "$0")/.."
 DRY=${GPU_CHECK_DRY:-0}
 PY=${PYTHON:-python3}
 DATA_IN=${GPU_CHECK_DATA:-gpu_data}
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-520}))
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(1 2 3)
 for stage in "${STAGES[@]}"; do
@@ -64,9 +67,12 @@ export SSLIGHT_DATA=${SSLIGHT_DATA:-$WORK/data} SSLIGHT_CIFAR_ARCHIVE=$DATA_IN/c
 mkdir -p "$SSLIGHT_DATA"
 [ -d "$SSLIGHT_DATA/cifar10" ] || ln -sfn "$SSLIGHT_CIFAR_ARCHIVE" "$SSLIGHT_DATA/cifar10-jpeg.tar.gz"
 
-run() {  # LIMIT COMMAND...: the command under a time limit, saying how it ended and when
+run() {  # LIMIT COMMAND...: the command under a time limit (cut to the budget left), saying how it ended
     local limit=$1 start=$SECONDS code
     shift
+    local left=$((DEADLINE - SECONDS - 15))  # 15 s: timeout's grace (-k 10) and the stage's packing
+    if [ $left -lt 10 ]; then echo "gpu_check: SKIPPED, the budget is spent: $*" >&2; return 1; fi
+    [ $limit -le $left ] || limit=$left
     echo "gpu_check: $* (limit ${limit}s)" >&2
     timeout -k 10 "$limit" "$@"
     code=$?
@@ -82,8 +88,9 @@ pack() {  # ARCHIVE FOLDER: the folder's tables, charts, configs and metrics (no
 }
 
 environment() {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$PY" -c "import torch, torchvision, timm; from sslight.augment import cpu_kernel
+    timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+        || echo "no nvidia-smi"
+    timeout 60 "$PY" -c "import torch, torchvision, timm; from sslight.augment import cpu_kernel
 print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__,
       'timm', timm.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())
 print('CPU photometry:', 'the fused numba kernel' if cpu_kernel() else 'the tensor ops (no numba)')"
@@ -92,13 +99,17 @@ print('CPU photometry:', 'the fused numba kernel' if cpu_kernel() else 'the tens
 
 stage1() {
     local contract=(tests/test_backends.py tests/test_prefetch.py tests/test_nvjpeg.py tests/test_augment.py)
-    local only_collect=()
-    [ "$DRY" = 1 ] && only_collect=(--collect-only)
+    local contract_mode=(-v)  # the dry run lists the contract tests (-q: one node id a line)
+    [ "$DRY" = 1 ] && contract_mode=(--collect-only -q)
     local code=0
     # a test module that cannot be imported here costs its own tests, not every other file's
-    local pytest=("$PY" -m pytest -q -p no:cacheprovider -rA --continue-on-collection-errors)
-    run 140 "${pytest[@]}" -m gpu tests/ || code=1
-    run 60 "${pytest[@]}" "${only_collect[@]}" "${contract[@]}" || code=1
+    local pytest=("$PY" -m pytest -p no:cacheprovider -rfEs --continue-on-collection-errors)
+    # the decode, crop, resume and loss checks first; the compiled training steps (cold inductor
+    # compiles) last, so they cannot crowd the others out of the time
+    # -v: each result is logged as it ends, so a timed-out run still says what passed
+    run 80 "${pytest[@]}" -v -m gpu tests/ --ignore=tests/test_gpu.py || code=1
+    run 60 "${pytest[@]}" -v -m gpu tests/test_gpu.py || code=1
+    run 60 "${pytest[@]}" "${contract_mode[@]}" "${contract[@]}" || code=1
     return $code
 }
 
@@ -107,9 +118,10 @@ stage2() {
     rm -rf "$bench"
     run 100 "$PY" -m benchmarks.suite --profile $PROFILE --imagenet "$DATA_IN/imagenet-sample" --out "$bench/loaders" \
         --parts loaders,augment || code=1
+    cat "$bench"/loaders/summary.md > "$OUT_DIR/stage2.md" 2>/dev/null
     run 190 "$PY" -m benchmarks.suite --profile $PROFILE --imagenet "$DATA_IN/imagenet-sample" --out "$bench/train" \
         --parts train || code=1
-    cat "$bench"/loaders/summary.md "$bench"/train/summary.md > "$OUT_DIR/stage2.md" 2>/dev/null
+    cat "$bench"/loaders/summary.md "$bench"/train/summary.md > "$OUT_DIR/stage2.md" 2>/dev/null  # what ended
     pack "$OUT_DIR/stage2.tar.gz" "$bench"
     return $code
 }

@@ -25,6 +25,17 @@ def test_an_unknown_stage_is_refused_in_one_line(tmp_path):
     assert result.stderr == "gpu_check: stage '4' unknown; allowed: 1, 2, 3\n"
 
 
+def test_a_spent_budget_skips_the_commands_and_still_writes_the_stage(tmp_path):
+    """GPU_CHECK_BUDGET bounds the whole call: past it no command starts, and the stage's log says so."""
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPT), "1"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_BUDGET": "0", "OUT": str(out),
+                                 "GPU_CHECK_WORK": str(tmp_path / "work"), "PYTHON": sys.executable})
+    assert result.returncode == 1
+    log = (out / "stage1.log").read_text()
+    assert log.count("gpu_check: SKIPPED, the budget is spent") == 3 and "gpu_check: stage 1 FAILED" in log
+
+
 def rows(archive: tarfile.TarFile, name: str) -> list[dict]:
     return list(csv.DictReader(io.TextIOWrapper(archive.extractfile(name))))
 

@@ -252,6 +252,8 @@ def test_a_file_the_batched_decoder_rejects_goes_alone_to_the_cpu(tmp_path):
     RuntimeError("CUDA error: an illegal memory access was encountered"),
     RuntimeError("CUDA error: device-side assert triggered"),
     RuntimeError("Error while decoding JPEG images: Failed to synchronize CUDA stream: 700"),
+    # nvJPEG's own buffers come from cudaMalloc, outside torch's cache: a full GPU fails there
+    RuntimeError("Error while decoding JPEG images: Failed to decode batch: 5"),
 ])
 def test_device_failures_are_raised_not_taken_for_a_bad_file(mixed_files, failure):
     calls = []
@@ -264,3 +266,18 @@ def test_device_failures_are_raised_not_taken_for_a_bad_file(mixed_files, failur
     with pytest.raises(type(failure), match=str(failure)[:20]):
         decode_batch(data, mixed_files, torch.device("cpu"), failing)
     assert calls == [3]  # the three JPEGs, once: no retry, no CPU decode behind the failure
+
+
+@pytest.mark.parametrize("message, device", [
+    ("Error while decoding JPEG images: Failed to decode batch: 5", True),  # ALLOCATOR_FAILURE
+    ("Error while decoding JPEG images: Failed to decode batch: 6", True),  # EXECUTION_FAILED
+    ("Error while decoding JPEG images: Failed to create nvjpeg decoder: 8", True),
+    ("Error while decoding JPEG images: Failed to get image info: 3", False),  # BAD_JPEG
+    ("Error while decoding JPEG images: Failed to decode batch: 4", False),  # JPEG_NOT_SUPPORTED
+    ("Error while decoding JPEG images: Failed to get image info: 10", False),  # INCOMPLETE_BITSTREAM
+    ("Error while decoding JPEG images: Unknown chroma subsampling", False),
+])
+def test_nvjpeg_statuses_tell_the_device_from_the_file(message, device):
+    from loaders.nvjpeg import is_device_failure
+
+    assert is_device_failure(RuntimeError(message)) is device
