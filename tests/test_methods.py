@@ -11,21 +11,9 @@ from torch import nn
 from sslight.methods import METHODS, StepContext
 from sslight.methods.heads import DinoHead, Encoder
 from sslight.recipes import build_config
+from tests.test_presets import TinyBackbone
 
 N_GLOBAL, N_LOCAL, BATCH = 2, 2, 4
-
-
-class TinyBackbone(nn.Module):
-    """A backbone as the methods see one: images in, ``num_features`` out."""
-
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 16))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def method_on(name: str, device: str) -> nn.Module:
