@@ -98,7 +98,10 @@ print('CPU photometry:', 'the fused numba kernel' if cpu_kernel() else 'the tens
 }
 
 stage1() {
-    local contract=(tests/test_backends.py tests/test_prefetch.py tests/test_nvjpeg.py tests/test_augment.py)
+    # and DDP's buffer sync at wrap on the GPU machine's torch (2.11, where broadcast_buffers=False
+    # also skipped the initial sync), over gloo
+    local contract=(tests/test_backends.py tests/test_prefetch.py tests/test_nvjpeg.py tests/test_augment.py
+                    tests/test_distributed.py::test_wrap_starts_every_rank_from_rank_0s_buffers)
     local contract_mode=(-v)  # the dry run lists the contract tests (-q: one node id a line)
     [ "$DRY" = 1 ] && contract_mode=(--collect-only -q)
     local code=0
