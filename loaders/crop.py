@@ -217,9 +217,9 @@ if triton is not None:
             acc_g += wy * _to_8_bits(row_g / wsum_x)
             acc_b += wy * _to_8_bits(row_b / wsum_x)
         pixel = out + (view * S * S + pix) * 3  # channels-last
-        tl.store(pixel, tl.minimum(tl.maximum(acc_r / wsum_y + 0.5, 0.0), 255.0).to(tl.uint8), mask=mask)
-        tl.store(pixel + 1, tl.minimum(tl.maximum(acc_g / wsum_y + 0.5, 0.0), 255.0).to(tl.uint8), mask=mask)
-        tl.store(pixel + 2, tl.minimum(tl.maximum(acc_b / wsum_y + 0.5, 0.0), 255.0).to(tl.uint8), mask=mask)
+        tl.store(pixel, _to_8_bits(acc_r / wsum_y).to(tl.uint8), mask=mask)
+        tl.store(pixel + 1, _to_8_bits(acc_g / wsum_y).to(tl.uint8), mask=mask)
+        tl.store(pixel + 2, _to_8_bits(acc_b / wsum_y).to(tl.uint8), mask=mask)
 
 
 META_COLUMNS = 10  # offset, height, width, top, left, h, w, flip, taps_y, taps_x
