@@ -159,7 +159,7 @@ class TrainConfig:
     batch_size: int = 64
     steps: int = 0  # stop after N optimiser steps; 0 = run all epochs
     seed: int = 0
-    out: str = AUTO  # auto = runs/<model>_<method>_<recipe>
+    out: str = AUTO  # auto = runs/<model>_<method>_<recipe>[_<schedule>][_<data folder>][_seed<N>] (recipes.default_out)
     resume: str = ""  # "" = start fresh, auto = newest checkpoint in out, or a path
     overwrite: bool = False  # start afresh in an out folder that holds another run (its checkpoints go once ours is saved)
     device: str = AUTO
@@ -212,6 +212,11 @@ MAY_CHANGE_ON_RESUME = (
 
 START_KEYS = ("train.resume", "train.overwrite")  # how this start treats the folder, not the run
 
+# What a run's saved config.json records of the machine that ran it and of its folder: re-used as a
+# base elsewhere, these return to their defaults (auto: chosen for this machine), as if never written
+RUN_PLACE_KEYS = ("train.device", "train.precision", "train.compile", "train.sync_bn", "data.loader",
+                  "data.workers", "data.overlap", "train.out", *START_KEYS)
+
 
 def all_keys(cfg: Any = None, prefix: str = "") -> dict[str, Any]:
     """Every dotted key with its declared type."""
@@ -229,6 +234,17 @@ def all_keys(cfg: Any = None, prefix: str = "") -> dict[str, Any]:
 def _closest(word: str, options) -> str:
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def closest_key(word: str, keys) -> str:
+    """A suggestion for an unknown key: the dotted keys that end in it (``lr`` -> ``optim.lr``), else
+    the closest spelling."""
+    # the training run's keys before those of the `sslight eval` command's probes
+    ending = sorted((k for k in keys if k.endswith("." + word)), key=lambda k: k.startswith(("linear.", "semisup.")))
+    if not ending:
+        return _closest(word, keys)
+    also = f" (also {', '.join(ending[1:])})" if ending[1:] else ""
+    return f"; did you mean '{ending[0]}'?{also}"
 
 
 def _parse_bool(key: str, text: str) -> bool:
@@ -295,7 +311,7 @@ def apply_overrides(cfg: Config, overrides: list[str], choices: dict[str, tuple[
     for item in overrides:
         key, text = split_override(item)
         if key not in keys:
-            raise ConfigError(f"unknown key '{key}'{_closest(key, keys)}")
+            raise ConfigError(f"unknown key '{key}'{closest_key(key, keys)}")
         value = parse_value(key, text, keys[key])
         if key in choices and value not in choices[key]:
             raise ConfigError(
@@ -347,7 +363,9 @@ def changes(saved: dict, cfg: Config) -> tuple[list[str], list[str]]:
 
 def read_file(path: str) -> dict:
     """A config file: a run's ``config.json`` or a YAML file with the same nested keys (any
-    subset of them); a file that cannot be used is a one-line ConfigError naming it."""
+    subset of them); a file that cannot be used is a one-line ConfigError naming it. A JSON file is
+    a run's record: what it says of that run's machine and folder is left out (RUN_PLACE_KEYS), so
+    the new run chooses them afresh; a YAML file is the user's own and every key in it is taken."""
     import yaml  # PyYAML
 
     try:
@@ -363,7 +381,17 @@ def read_file(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"CONFIG={path!r}: expected a mapping of config sections (e.g. 'train:'), "
                           f"got {type(data).__name__}")
-    return data
+    return without_run_place(data) if path.endswith(".json") else data
+
+
+def without_run_place(data: dict) -> dict:
+    """A saved run's nested config less the keys of RUN_PLACE_KEYS."""
+    kept = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for key in RUN_PLACE_KEYS:
+        section, name = key.split(".")
+        if isinstance(kept.get(section), dict):
+            kept[section].pop(name, None)
+    return kept
 
 
 def as_overrides(data: dict) -> list[str]:

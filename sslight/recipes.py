@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -205,7 +206,7 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
         # as SSLight and DINO: batch statistics over the global batch whenever several GPUs train
         t.sync_bn = t.device == "cuda" and machine.processes > 1
     if t.out == AUTO:
-        t.out = f"runs/{cfg.model.name}_{cfg.method}_{cfg.recipe}"
+        t.out = default_out(cfg)
     try:
         validate(cfg)
     except ConfigError as exc:  # a bad value the config file gave: name the file too
@@ -213,6 +214,20 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
             raise ConfigError(f"{request.source}: {exc}") from None
         raise
     return cfg
+
+
+def default_out(cfg: Config) -> str:
+    """``runs/<model>_<method>_<recipe>``, and what else sets two runs of default folders apart: a
+    schedule other than full, a dataset other than CIFAR-10 (its folder's name), a seed other than 0;
+    so the quick start's short run and the full run it leads to do not meet in one folder."""
+    parts = [cfg.model.name, cfg.method, cfg.recipe]
+    if cfg.schedule != "full":
+        parts.append(cfg.schedule)
+    if cfg.data.path:
+        parts.append(Path(cfg.data.path).resolve().name)
+    if cfg.train.seed:
+        parts.append(f"seed{cfg.train.seed}")
+    return "runs/" + "_".join(parts)
 
 
 def machine_precision(cfg: Config, machine: Machine) -> tuple[str, str]:

@@ -262,3 +262,53 @@ def test_auto_precision_follows_the_cpus_native_bf16_and_the_backbone_and_says_w
     assert resolved([f"model.name={model}", "train.precision=fp32"], machine, 32).train.precision == "fp32"
     assert not [n for n in auto_notes(parse(["train.precision=fp32"]), cfg, Machine(**machine), 32)
                 if n.startswith("precision: ")]
+
+
+@pytest.mark.parametrize("overrides, out", [
+    ([], "runs/mnv2_dino_sslight"),
+    (["model.name=r18", "schedule=short"], "runs/r18_dino_sslight_short"),
+    (["method=swav", "recipe=baseline", "train.seed=2"], "runs/mnv2_swav_baseline_seed2"),
+    (["data.path=/data/flowers/"], "runs/mnv2_dino_sslight_flowers"),
+    (["train.out=elsewhere", "schedule=short"], "elsewhere"),
+])
+def test_the_default_out_sets_apart_runs_that_differ_in_schedule_data_or_seed(overrides, out):
+    assert build_config(overrides).train.out == out
+
+
+@pytest.mark.parametrize("key, suggestion", [
+    ("lr", "did you mean 'optim.lr'? (also probe.lr, linear.lr, semisup.lr)"),
+    ("n_local", "did you mean 'views.n_local'?"),
+    ("epochs", "did you mean 'train.epochs'? (also linear.epochs, semisup.epochs)"),
+    ("optim.lrr", "did you mean 'optim.lr'?"),
+])
+def test_a_bare_or_misspelt_key_suggests_the_dotted_one(key, suggestion):
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'; " + suggestion.replace("(", r"\(")
+                       .replace(")", r"\)").replace("?", r"\?")):
+        build_config([f"{key}=1"])
+
+
+def test_a_cpu_runs_config_json_resolved_on_a_cuda_machine_takes_the_cuda_side_values(tmp_path):
+    import json
+
+    from sslight.config import read_file
+    from sslight.recipes import Machine, parse, resolve
+
+    cpu = resolve(parse(["model.name=r18", "views.n_local=4", "train.out=runs/trial"]), Machine(cuda=False, cores=2), 32)
+    assert (cpu.train.device, cpu.train.compile, cpu.data.workers, cpu.train.precision) == ("cpu", False, 1, "fp32")
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(to_dict(cpu)))
+    gpu_machine = Machine(cuda=True, cores=16, local_processes=2, processes=2)
+
+    again = resolve(parse([], read_file(str(saved)), str(saved)), gpu_machine, 32)
+    assert (again.train.device, again.train.compile, again.train.precision) == ("cuda", True, "bf16")
+    assert (again.data.loader, again.data.workers, again.train.sync_bn) == ("nvjpeg", 7, True)
+    assert again.train.out == "runs/r18_dino_sslight"  # a new folder, not the trial's
+    assert (again.model.name, again.views.n_local) == ("r18", 4)  # what the run means is kept
+
+    mine = resolve(parse(["train.device=cpu", "data.workers=3", "train.out=runs/mine"], read_file(str(saved)),
+                         str(saved)), gpu_machine, 32)
+    assert (mine.train.device, mine.data.workers, mine.train.out) == ("cpu", 3, "runs/mine")  # the user's flags win
+
+    own = tmp_path / "cpu.yaml"  # a YAML file is the user's own: its machine keys are taken
+    own.write_text("train:\n  device: cpu\n")
+    assert resolve(parse([], read_file(str(own)), str(own)), gpu_machine, 32).train.device == "cpu"

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslight.config import ConfigError, all_keys, _closest
+from sslight.config import ConfigError, all_keys, closest_key
 from sslight.recipes import build_config, parse
 
 PAIR_SEPARATOR = ":"
@@ -58,7 +58,7 @@ def parse_grid(spec: str) -> list[Axis]:
                               "e.g. SWEEP=\"views.local_size=96,128 loss.alpha=auto,0.4\"")
         key, text = token.split("=", 1)
         if key not in keys:
-            raise ConfigError(f"sweep: unknown key '{key}'{_closest(key, keys)}")
+            raise ConfigError(f"sweep: unknown key '{key}'{closest_key(key, keys)}")
         if key in NOT_SWEPT:
             raise ConfigError(f"sweep: {key} cannot be swept; the sweep sets it for every run")
         if any(a.key == key for a in axes):
