@@ -10,12 +10,14 @@ import os
 import statistics
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn
 from torch import nn
 
 
@@ -55,18 +57,113 @@ def read(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def epoch_bar(console: Console) -> Progress:
-    """The per-epoch progress bar: loss, lr, images/s, data-wait %, the collapse indicator, ETA."""
-    return Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[ips]} img/s  "
-                   "data-wait {task.fields[wait]}%  rank {task.fields[rank]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+# What a progress line shows, in this order; a terminal too narrow for all of it drops parts in
+# DROPPED_FIRST's order, so the epoch, the step and the ETA are never cut.
+SHOWN = ("epoch", "step", "loss", "lr", "ips", "wait", "rank", "eta")
+DROPPED_FIRST = ("lr", "wait", "ips", "rank", "loss")
+
+
+def fitted(parts: dict[str, str], width: int | None) -> str:
+    """``parts`` (keys of SHOWN) joined in SHOWN's order, dropping parts while wider than ``width``."""
+    keys = [k for k in SHOWN if parts.get(k)]
+    text = "  ".join(parts[k] for k in keys)
+    for key in DROPPED_FIRST:
+        if width is None or len(text) <= width:
+            break
+        keys = [k for k in keys if k != key]
+        text = "  ".join(parts[k] for k in keys)
+    return text
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Eta:
+    """The time left in training at the speed of the log windows so far; the first window, which
+    holds the start-up (workers, compilation), stops counting once there is another."""
+
+    def __init__(self):
+        self.windows: list[tuple[int, float]] = []
+
+    def add(self, steps: int, seconds: float) -> None:
+        self.windows.append((steps, seconds))
+
+    def left(self, steps: int) -> str:
+        counted = self.windows[1:] or self.windows
+        done, seconds = sum(w[0] for w in counted), sum(w[1] for w in counted)
+        return f"ETA {clock(seconds / done * steps)}" if done else "ETA -:--:--"
+
+
+class RunReport:
+    """What a run shows on stdout, rank 0 only: the start header; while it trains, in a terminal a
+    rich bar per epoch, elsewhere (nohup, SLURM, CI, a file) one plain line per log step, never a
+    redrawn frame; an epoch line at each epoch's end; the end footer. Both say epoch e/E, step s/S
+    (optimiser steps of the whole run), loss, lr, images/s, data-wait, the collapse indicator's rank
+    and the training time left. Notes and warnings go to ``notes`` (stderr), as errors do."""
+
+    def __init__(self, console: Console, notes: Console, epochs: int, steps_per_epoch: int, max_steps: int):
+        self.console, self.notes = console, notes
+        self.epochs = min(epochs, math.ceil(max_steps / steps_per_epoch))
+        self.max_steps, self.steps_per_epoch = max_steps, steps_per_epoch
+        self.eta = Eta()
+        self.parts: dict[str, str] = {}
+        self.bar: Progress | None = None
+
+    def say(self, text: str) -> None:
+        self.console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+    def warn(self, text: str) -> None:
+        self.notes.print(f"[yellow]{escape(text)}", soft_wrap=True, highlight=False)
+
+    @contextmanager
+    def epoch(self, epoch: int, step: int, batch_in_epoch: int):
+        """Around one epoch's steps: its bar, in a terminal."""
+        self.parts.update(epoch=f"epoch {epoch + 1}/{self.epochs}", step=f"step {step}/{self.max_steps}")
+        if not self.console.is_terminal:
+            yield
+            return
+        self.bar = Progress(TextColumn("{task.fields[head]}", markup=False), BarColumn(bar_width=10),
+                            TextColumn("{task.fields[tail]}", markup=False), console=self.console)
+        with self.bar:
+            self.bar.add_task("train", total=self.steps_per_epoch, completed=batch_in_epoch, **self.texts())
+            yield
+        self.bar = None
+
+    def texts(self) -> dict[str, str]:
+        """The bar's two texts: the epoch before the bar, the rest after it, fitted to the terminal
+        (the bar and the two column gaps take 12 columns; the last column is left free)."""
+        head = self.parts["epoch"]
+        rest = {k: v for k, v in self.parts.items() if k != "epoch"}
+        return dict(head=head, tail=fitted(rest, self.console.width - len(head) - 13))
+
+    def stepped(self, step: int) -> None:
+        """After each step (before :meth:`logged` at a log step)."""
+        self.parts["step"] = f"step {step}/{self.max_steps}"
+        if self.bar is not None:
+            self.bar.update(self.bar.task_ids[0], advance=1, **self.texts())
+
+    def logged(self, step: int, steps: int, seconds: float, shown: dict[str, str] | None) -> None:
+        """A log step: ``steps`` steps took ``seconds``; ``shown``: the window's loss, lr, ips,
+        wait and rank texts (None when every step of the window was skipped)."""
+        self.eta.add(steps, seconds)
+        self.parts.update(shown or {}, eta=self.eta.left(self.max_steps - step))
+        if self.bar is None:
+            self.say(fitted(self.parts, None))
+        else:
+            self.bar.update(self.bar.task_ids[0], **self.texts())
+
+
+def draw_curves(out: Path, report: RunReport) -> None:
+    """``curves.png`` in the run folder, redrawn from its metrics.jsonl (:mod:`sslight.plot`); a
+    picture is never worth a run: any failure to draw is one warning line."""
+    try:
+        from sslight.plot import save_curves
+
+        save_curves([out], out / "curves.png")
+    except Exception as exc:  # noqa: BLE001 (whatever drawing raises, training goes on)
+        report.warn(f"warning: {out / 'curves.png'} not drawn ({type(exc).__name__}: {exc})")
 
 
 class LoaderBoundHint:

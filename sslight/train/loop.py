@@ -28,8 +28,8 @@ from sslight.models import build_backbone
 from sslight.precision import dtype_of
 from sslight.train import faults
 from sslight.train.faults import NonFiniteGuard
-from sslight.train.log import CollapseMonitor, CompileCount, LoaderBoundHint, MetricsLog, epoch_bar, read, \
-    traced_from_env
+from sslight.train.log import CollapseMonitor, CompileCount, LoaderBoundHint, MetricsLog, RunReport, clock, \
+    draw_curves, read, traced_from_env
 from sslight.train.optim import build_optimizer, lr_wd_schedules, param_groups
 from sslight.train.probe import JointProbe
 from sslight.train.run_folder import Claim, claim
@@ -145,35 +145,69 @@ def build(run: Run) -> Parts:
 
 def train(run: Run, console: Console | None = None) -> dict:
     """Train; SIGTERM or Ctrl-C ends it with a checkpoint at the current step and raises
-    :class:`faults.Interrupted`. Returns the last epoch's record."""
-    console = console or Console(stderr=True, quiet=not run.dist.main)
+    :class:`faults.Interrupted`. ``console`` takes the notes and warnings (stderr); the run's
+    report (header, progress, footer) goes to stdout. Returns the last epoch's record."""
+    notes = console or Console(stderr=True, quiet=not run.dist.main)
+    started = time.perf_counter()
     with faults.StopSignals(run.device) as signals:
-        write_run_files(run, console)
+        write_run_files(run, notes)
         seed_everything(run.cfg.train.seed)
         parts = build(run)
+        report = RunReport(Console(quiet=not run.dist.main), notes, run.cfg.train.epochs, parts.steps_per_epoch,
+                           parts.max_steps)
+        log = MetricsLog(run.out, enabled=run.dist.main)
+        say_header(run, parts, log, report)
         at = Position()
         if run.resume_from is not None:
             at = parts.state.restore(run.resume_from)
-            console.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}", soft_wrap=True)
-        log = MetricsLog(run.out, enabled=run.dist.main)
+            notes.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}", soft_wrap=True)
         summary: dict = dict(out=str(run.out))
         if run.resume_from is None and run.cfg.eval.at_start and run.dataset.test is not None and run.dist.main:
             init = evaluate(run, parts)["knn_top1"]
             log.write("init", 0, knn_top1=init)
-            console.print(f"kNN top-1 at initialisation: {init:.2f}")
+            report.say(f"kNN top-1 at initialisation: {init:.2f}")
         try:
             while at.epoch < run.cfg.train.epochs and at.step < parts.max_steps:
-                loss_sum, interrupted = train_one_epoch(run, parts, at, log, signals, console)
-                summary.update(end_epoch(run, parts, at, loss_sum, interrupted, log, console))
+                loss_sum, interrupted = train_one_epoch(run, parts, at, log, signals, report)
+                summary.update(end_epoch(run, parts, at, loss_sum, interrupted, log, report))
         finally:
             log.close()
-    if run.dataset.test is None:
-        console.print("evaluation skipped: the dataset has no labelled test/val split")
-    summary.update(gain(run, summary, console))
+    summary.update(gain(run, summary, report))
+    say_footer(run, summary, time.perf_counter() - started, report)
     return summary
 
 
-def gain(run: Run, summary: dict, console: Console) -> dict:
+def say_header(run: Run, parts: Parts, log: MetricsLog, report: RunReport) -> None:
+    """What the run is, where it writes and what it will not do, before any step."""
+    cfg, out = run.cfg, run.out
+    limit = f", stopping at step {parts.max_steps}" if parts.max_steps < cfg.train.epochs * parts.steps_per_epoch \
+        else ""
+    processes = f" x {run.dist.world} processes" if run.dist.world > 1 else ""
+    tb = f"TensorBoard: {out / 'tb'}" if log.tb is not None else "TensorBoard off (pip install 'sslight[tensorboard]')"
+    report.say(f"sslight: {cfg.model.name} {cfg.method}, recipe {cfg.recipe}, schedule {cfg.schedule}: "
+               f"{cfg.train.epochs} epochs x {parts.steps_per_epoch} steps/epoch{limit}, "
+               f"batch {cfg.train.batch_size}{processes}")
+    images = min(cfg.data.limit or len(run.dataset.train), len(run.dataset.train))
+    report.say(f"  data {cfg.data.path or 'CIFAR-10'} ({images} training images); {run.device}, loader {cfg.data.loader} ({cfg.data.workers} workers), "
+               f"precision {cfg.train.precision}{', compiled' if cfg.train.compile else ''}")
+    report.say(f"  out {out}: checkpoints, config.json, metrics.jsonl, curves.png; {tb}")
+    if run.dataset.test is None:
+        report.warn("evaluation skipped: the dataset has no labelled test/val split (kNN needs train/ and "
+                    "val/ or test/ class folders)")
+
+
+def say_footer(run: Run, summary: dict, seconds: float, report: RunReport) -> None:
+    """Where the run's result is and what to do with it."""
+    if "checkpoint" not in summary:
+        return
+    out = run.out
+    labelled = "" if run.dataset.test is not None else " --data A_LABELLED_FOLDER"
+    report.say(f"done in {clock(seconds)}: last checkpoint {summary['checkpoint']}")
+    report.say(f"next: sslight eval --ckpt {out}{labelled}  |  sslight export --ckpt {out}  |  "
+               f"sslight plot {out}")
+
+
+def gain(run: Run, summary: dict, report: RunReport) -> dict:
     """What training gained on kNN top-1 since initialisation, where both were measured (the
     start's measurement is in metrics.jsonl, also for a resumed run)."""
     path = run.out / "metrics.jsonl"
@@ -183,8 +217,8 @@ def gain(run: Run, summary: dict, console: Console) -> dict:
     if init is None:
         return {}
     points = summary["knn_top1"] - init
-    console.print(f"kNN top-1: {init:.2f} at initialisation -> {summary['knn_top1']:.2f} after training "
-                  f"({points:+.2f} points)")
+    report.say(f"kNN top-1: {init:.2f} at initialisation -> {summary['knn_top1']:.2f} after training "
+               f"({points:+.2f} points)")
     return dict(knn_top1_init=init, knn_gain=points)
 
 
@@ -208,7 +242,7 @@ def write_run_files(run: Run, console: Console) -> None:
 
 
 def train_one_epoch(run: Run, parts: Parts, at: Position, log: MetricsLog, signals: faults.StopSignals,
-                    console: Console) -> tuple[torch.Tensor, int]:
+                    report: RunReport) -> tuple[torch.Tensor, int]:
     """The rest of epoch ``at.epoch``, or up to the step limit or a stop signal, moving ``at``.
     Returns the epoch's summed loss and the signal that stopped it (0 if none)."""
     t, state = run.cfg.train, parts.state
@@ -220,14 +254,11 @@ def train_one_epoch(run: Run, parts: Parts, at: Position, log: MetricsLog, signa
         state.guard.skipped_in_epoch = 0
     loss_sum = torch.full((), at.epoch_loss_sum if resumed else 0.0, device=run.device, dtype=torch.float64)
     window, interrupted = Window(run.device), 0
-    shown = dict(loss="-", lr="-", ips="-", wait="-", rank="-")
-    with epoch_bar(console) as bar:
-        task = bar.add_task("train", total=parts.steps_per_epoch, completed=at.batch_in_epoch, epoch=at.epoch,
-                            **shown)
+    with report.epoch(at.epoch, at.step, at.batch_in_epoch):
         for batch in window.timed(parts.loader.epoch(at.epoch, at.batch_in_epoch)):
             loss, skipped = parts.step(batch, parts.schedules.context(at.epoch, at.step))
             if skipped:
-                console.print(f"[yellow]warning: {skipped}")
+                report.warn(f"warning: {skipped}")
                 window.skipped += 1
             else:
                 loss_sum += loss
@@ -235,9 +266,9 @@ def train_one_epoch(run: Run, parts: Parts, at: Position, log: MetricsLog, signa
             at.step, at.batch_in_epoch, window.steps = at.step + 1, at.batch_in_epoch + 1, window.steps + 1
             log_now = (at.step % t.log_every == 0 or at.batch_in_epoch == parts.steps_per_epoch
                        or at.step >= parts.max_steps)
+            report.stepped(at.step)
             if log_now:
-                shown = log_window(run, parts, at, window, batch.size, log, console) or shown
-            bar.update(task, advance=1, **shown)
+                log_window(run, parts, at, window, batch.size, log, report)
             interrupted = signals.requested(sync_point=log_now)
             if (t.ckpt_every and at.step % t.ckpt_every == 0 and at.batch_in_epoch < parts.steps_per_epoch
                     and not interrupted):
@@ -272,34 +303,34 @@ class Window:
 
 
 def log_window(run: Run, parts: Parts, at: Position, window: Window, batch_size: int, log: MetricsLog,
-               console: Console) -> dict | None:
-    """Writes the window's record (the one host sync of a log step), says when the loader bounds
-    the step, and starts the next window; returns what the progress bar shows, or None when every
-    step of the window was skipped."""
+               report: RunReport) -> None:
+    """Writes the window's record (the one host sync of a log step), reports it, says when the
+    loader bounds the step, and starts the next window."""
     trained, shown = window.steps - window.skipped, None
+    elapsed = time.perf_counter() - window.start
     if trained:
         parts.state.guard.check(at.epoch)  # raises on a non-finite loss since the last check
         loss = (distributed.mean_across_ranks(window.loss) / trained).item()  # averaged over ranks
-        elapsed = time.perf_counter() - window.start
         ips = window.steps * batch_size * run.dist.world / elapsed
         wait = 100 * window.wait / elapsed
         lr = float(parts.schedules.lr[at.step - 1])
         collapse = parts.collapse.read()
-        shown = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ips=f"{ips:.0f}", wait=f"{wait:.0f}",
-                     rank=f"{collapse['rank_fraction']:.0%}" if collapse else "-")
+        shown = dict(loss=f"loss {loss:.4f}", lr=f"lr {lr:.2e}", ips=f"{ips:.0f} img/s",
+                     wait=f"data-wait {wait:.0f}%", rank=f"rank {collapse['rank_fraction']:.0%}" if collapse else "")
         log.write("train", at.step, epoch=at.epoch, loss=loss, lr=lr, images_per_s=ips, data_wait_pct=wait,
                   **collapse, **parts.compiles.read())
         for warning in (parts.hint.check(wait), parts.collapse.warning(collapse)):
             if warning:
-                console.print(f"[yellow]{warning}", soft_wrap=True)
+                report.warn(warning)
+    report.logged(at.step, window.steps, elapsed, shown)
     window.reset()
-    return shown
 
 
 def end_epoch(run: Run, parts: Parts, at: Position, loss_sum: torch.Tensor, interrupted: int, log: MetricsLog,
-              console: Console) -> dict:
-    """The epoch's record, its checkpoint and, when due, its evaluation; after a stop signal,
-    raises :class:`faults.Interrupted` once the checkpoint is written."""
+              report: RunReport) -> dict:
+    """The epoch's record (marked partial, with its batches, when the epoch stopped early), its
+    checkpoint, curves.png and, when due, its evaluation; after a stop signal, raises
+    :class:`faults.Interrupted` once the checkpoint is written."""
     cfg, state = run.cfg, parts.state
     trained = max(at.batch_in_epoch - state.guard.skipped_in_epoch, 1)
     record = dict(epoch=at.epoch, loss=(distributed.mean_across_ranks(loss_sum) / trained).item(), steps=at.step,
@@ -308,10 +339,14 @@ def end_epoch(run: Run, parts: Parts, at: Position, loss_sum: torch.Tensor, inte
     if probe_top1 is not None:
         record["probe_train_top1"] = probe_top1
     finished = at.batch_in_epoch == parts.steps_per_epoch
+    if not finished:
+        record.update(partial=True, batches=at.batch_in_epoch)
     saved = state.save(cfg, run.out, run.dist, at.epoch + 1 if finished else at.epoch, at.step,
                        0 if finished else at.batch_in_epoch, torch.zeros_like(loss_sum) if finished else loss_sum)
     if interrupted:
         log.write("epoch", at.step, **record)
+        if run.dist.main:
+            draw_curves(run.out, report)
         distributed.barrier()  # no rank exits (and so no launcher kills rank 0) before the checkpoint is written
         raise faults.Interrupted(interrupted, f"stopped by {signal.Signals(interrupted).name} at step {at.step}; "
                                  f"checkpoint {saved}; continue with --resume auto")
@@ -320,9 +355,11 @@ def end_epoch(run: Run, parts: Parts, at: Position, loss_sum: torch.Tensor, inte
     if run.dataset.test is not None and run.dist.main and due:
         record.update(evaluate(run, parts))
     log.write("epoch", at.step, **record)
-    console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    report.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    if run.dist.main:
+        draw_curves(run.out, report)
     at.epoch, at.batch_in_epoch, at.epoch_loss_sum = at.epoch + 1, 0, 0.0
-    return record
+    return dict(record, checkpoint=str(saved)) if saved else record
 
 
 def evaluate(run: Run, parts: Parts) -> dict:
