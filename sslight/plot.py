@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sslight.config import ConfigError
 
@@ -77,10 +78,13 @@ def draw(runs: list[Path]) -> Figure | None:
         ax.grid(alpha=0.3)
     for ax in fig.axes[3:]:
         ax.set_xlabel("optimiser step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 0.5 on a run of a few steps
     if len(runs) == 1:
         fig.suptitle(names[0])
     else:
-        handles = {h.get_label(): h for ax in fig.axes for h in ax.get_lines()}
+        handles = {}  # the first panel's lines: plain lines, without the kNN panel's markers
+        for h in (h for ax in fig.axes for h in ax.get_lines()):
+            handles.setdefault(h.get_label(), h)
         fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 3),
                    frameon=False)
     return fig
