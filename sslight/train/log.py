@@ -108,7 +108,7 @@ class RunReport:
         self.epochs = min(epochs, math.ceil(max_steps / steps_per_epoch))
         self.max_steps, self.steps_per_epoch = max_steps, steps_per_epoch
         self.eta = Eta()
-        self.parts: dict[str, str] = {}
+        self.parts: dict[str, str] = dict(eta=self.eta.left(max_steps))
         self.bar: Progress | None = None
 
     def say(self, text: str) -> None:
