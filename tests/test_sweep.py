@@ -7,7 +7,7 @@ import pytest
 
 from sslight.cli import main
 from sslight.config import ConfigError
-from sslight.sweep.grid import override, parse_grid, plan, points, run_name
+from sslight.sweep.grid import parse_grid, plan, points, run_name
 from sslight.recipes import build_config
 from sslight.sweep.seeds import comparisons, spread
 from tests.conftest import TINY
@@ -22,19 +22,27 @@ def test_grid_expands_every_combination():
     assert [p["recipe"] for p in points(parse_grid("recipe=baseline,sslight"))] == ["baseline", "sslight"]
 
 
-def test_pair_values_are_min_colon_max():
-    (axis,) = parse_grid("views.global_scale=0.14:1.0,0.3:1.0")
-    assert axis.values == ("0.14:1.0", "0.3:1.0")
-    assert override(axis.key, axis.values[0]) == "views.global_scale=0.14,1.0"
-    cfg = build_config([override(axis.key, v) for v in axis.values[:1]])
-    assert cfg.views.global_scale == (0.14, 1.0)
+@pytest.mark.parametrize("spec, values", [
+    ("views.global_scale=(0.14,1.0),(0.3,1.0)", ("0.14,1.0", "0.3,1.0")),
+    ("views.global_scale=(0.3,1.0)", ("0.3,1.0",)),
+    ("views.global_scale=0.3,1.0", ("0.3,1.0",)),  # one pair, as train takes it
+    ("views.global_scale=0.14:1.0,0.3:1.0", ("0.14,1.0", "0.3,1.0")),  # the earlier syntax
+])
+def test_pairs_are_min_comma_max_as_in_train_in_parentheses_when_several(spec, values):
+    (axis,) = parse_grid(spec)
+    assert axis.values == values
+    cfg = build_config([f"{axis.key}={axis.values[0]}"])
+    assert cfg.views.global_scale == tuple(float(v) for v in values[0].split(","))
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("views.global_scale=0.3", "is not a pair; write pairs as min:max"),
-    ("views.global_scale=0.3,1.0", "is not a pair; write pairs as min:max"),
+    ("views.global_scale=0.3", "expected a pair 'min,max'"),
+    ("views.global_scale=0.3,0.5,1.0", "expected a pair 'min,max'"),
     ("views.global_scale=a:1.0", "expected a pair"),
-    ("loss.alpha=0.1:0.2", "only pair keys take"),
+    ("views.global_scale=(0.14,1.0)(0.3,1.0)", "expected pairs in parentheses separated by commas"),
+    ("views.global_scale=(0.14,1.0),0.3", "expected pairs in parentheses separated by commas"),
+    ("loss.alpha=0.1:0.2", "expected a number or 'auto'"),
+    ("lr=0.1,0.2", "did you mean 'optim.lr'"),
     ("recipe=baseline,foo", "is not one of baseline, sslight"),
     ("views.local_sise=96", "did you mean 'views.local_size'"),
     ("recipe", "expected key=value1,value2"),
@@ -51,11 +59,30 @@ def test_bad_grids_name_the_problem(spec, message):
 
 def test_bad_runs_stop_the_sweep_before_anything_runs(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", "--sweep", "views.global_scale=0.9:0.3", "--out", str(out)]) == 2
+    assert main(["sweep", "--sweep", "views.global_scale=(0.9,0.3)", "--out", str(out)]) == 2
     assert "views.global_scale=(0.9, 0.3)" in capsys.readouterr().err
     assert main(["sweep", "--sweep", "loss.alpha=auto,0.4", "--out", str(out), "loss.alpha=0.5"]) == 2
     assert "both swept" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_sweep_starts_every_run_from_its_config_file(tmp_path, capsys):
+    from sslight.config import as_overrides, read_file
+
+    path = tmp_path / "base.yaml"
+    path.write_text("model:\n  name: r18\nviews:\n  n_local: 4\nschedule: full\n")
+    runs = plan(parse_grid("loss.alpha=auto,0.4"), ["train.epochs=2"], tmp_path / "sweep",
+                as_overrides(read_file(str(path))))
+    for run in runs:
+        cfg = build_config(run.overrides)
+        assert (cfg.model.name, cfg.views.n_local, cfg.schedule, cfg.train.epochs) == ("r18", 4, "full", 2)
+    assert [build_config(r.overrides).loss.alpha for r in runs] == ["auto", 0.4]
+
+    path.write_text("views:\n  n_locals: 4\n")
+    out = tmp_path / "bad"
+    assert main(["sweep", "--sweep", "loss.alpha=auto,0.4", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "did you mean 'views.n_local'" in err and not out.exists()
 
 
 def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path, capsys):

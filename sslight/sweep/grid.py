@@ -1,14 +1,16 @@
 """A sweep's grid and the runs it plans: ``"views.local_size=96,128 loss.alpha=auto,0.4"`` -> one
 override list per run, each in its own folder.
 
-Keys are separated by spaces, a key's values by commas; a pair value (``views.global_scale``)
-is written ``min:max``, e.g. ``views.global_scale=0.14:1.0,0.3:1.0``.
+Keys are separated by spaces, a key's values by commas. A pair is ``min,max`` as everywhere, in
+parentheses when there are several: ``views.global_scale=(0.14,1.0),(0.3,1.0)``; one pair may go
+without (``views.global_scale=0.3,1.0``); the earlier ``0.14:1.0,0.3:1.0`` is still read.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,8 @@ from pathlib import Path
 from sslight.config import ConfigError, all_keys, closest_key
 from sslight.recipes import build_config, parse
 
-PAIR_SEPARATOR = ":"
+OLD_PAIR_SEPARATOR = ":"
+PAIR_LIST = re.compile(r"\([^()]*\)(,\([^()]*\))*")  # (a,b),(c,d),...
 NOT_SWEPT = ("train.out", "train.resume")  # the sweep sets these for every run
 RESULT = "result.json"  # written last by a run (sweep/run.py): its presence means the run finished
 OVERRIDES = "overrides.json"  # written at launch: a re-run with other settings must not reuse the folder
@@ -25,27 +28,25 @@ OVERRIDES = "overrides.json"  # written at launch: a re-run with other settings 
 @dataclass(frozen=True)
 class Axis:
     key: str
-    values: tuple[str, ...]  # as written in the grid (pairs with ':')
+    values: tuple[str, ...]  # as the config reads them; a pair as "min,max"
 
 
 def is_pair(key: str) -> bool:
     return typing.get_origin(all_keys()[key]) is tuple
 
 
-def override(key: str, value: str) -> str:
-    """The ``key=value`` override of one grid value (pairs in the config's ``min,max`` form)."""
-    return f"{key}={value.replace(PAIR_SEPARATOR, ',')}" if is_pair(key) else f"{key}={value}"
-
-
-def _check_value(key: str, value: str) -> None:
-    example = "e.g. views.global_scale=0.14:1.0,0.3:1.0"
-    if is_pair(key):
-        if value.count(PAIR_SEPARATOR) != 1:
-            raise ConfigError(f"sweep {key}: value {value!r} is not a pair; write pairs as min:max "
-                              f"and separate values by commas, {example}")
-    elif PAIR_SEPARATOR in value:
-        raise ConfigError(f"sweep {key}: value {value!r} has ':', which only pair keys take ({example})")
-    parse([override(key, value)])  # type, choice and key errors, one line each
+def split_values(key: str, text: str) -> tuple[str, ...]:
+    """A key's values as written after ``key=``; pairs as ``min,max`` whichever way they were written."""
+    if not is_pair(key):
+        return tuple(text.split(","))
+    if "(" in text or ")" in text:
+        if not PAIR_LIST.fullmatch(text):
+            raise ConfigError(f"sweep {key}={text!r}: expected pairs in parentheses separated by commas, "
+                              f"e.g. {key}=(0.14,1.0),(0.3,1.0)")
+        return tuple(text[1:-1].split("),("))
+    if OLD_PAIR_SEPARATOR in text:
+        return tuple(value.replace(OLD_PAIR_SEPARATOR, ",") for value in text.split(","))
+    return (text,)
 
 
 def parse_grid(spec: str) -> list[Axis]:
@@ -63,13 +64,13 @@ def parse_grid(spec: str) -> list[Axis]:
             raise ConfigError(f"sweep: {key} cannot be swept; the sweep sets it for every run")
         if any(a.key == key for a in axes):
             raise ConfigError(f"sweep: key {key} appears twice; give all its values once: {key}=a,b")
-        values = tuple(text.split(","))
+        values = split_values(key, text)
         if not text or any(not v for v in values):
             raise ConfigError(f"sweep {key}={text!r}: empty value; expected {key}=value1,value2,...")
         if len(set(values)) != len(values):
             raise ConfigError(f"sweep {key}={text!r}: a value is repeated")
         for value in values:
-            _check_value(key, value)
+            parse([f"{key}={value}"])  # type, choice and key errors, one line each
         axes.append(Axis(key, values))
     if not axes:
         raise ConfigError("sweep: empty grid; expected e.g. SWEEP=\"recipe=baseline,sslight\"")
@@ -102,9 +103,9 @@ class Planned:
         return (self.out / OVERRIDES).exists()
 
 
-def plan(axes: list[Axis], base: list[str], out: Path) -> list[Planned]:
-    """Every run of the grid with its overrides (the short schedule, then ``base``, then the
-    swept values), all checked before anything runs."""
+def plan(axes: list[Axis], base: list[str], out: Path, config: list[str] = ()) -> list[Planned]:
+    """Every run of the grid with its overrides (the short schedule, then ``config``: a config
+    file's values, then ``base``, then the swept values), all checked before anything runs."""
     swept = {a.key for a in axes}
     for item in base:
         key = item.split("=", 1)[0].strip()
@@ -114,7 +115,7 @@ def plan(axes: list[Axis], base: list[str], out: Path) -> list[Planned]:
             raise ConfigError(f"{item!r}: a sweep sets {key} per run; use the sweep's OUT and RESUME")
     runs = []
     for point in points(axes):
-        overrides = ["schedule=short", *base, *(override(k, v) for k, v in point.items())]
+        overrides = ["schedule=short", *config, *base, *(f"{k}={v}" for k, v in point.items())]
         build_config(overrides)  # bad values stop the sweep before any run starts
         name = run_name(point)
         runs.append(Planned(name, point, overrides, out / name))

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from sslight.config import AUTO, ConfigError
-from sslight.recipes import build_config
+from sslight.config import AUTO, ConfigError, as_overrides, read_file
+from sslight.recipes import build_config, parse
 from sslight.sweep.grid import OVERRIDES, RESULT, Planned, parse_grid, plan
 from sslight.sweep.report import report
 
@@ -95,11 +95,14 @@ def schedule(todo: list[Planned], resume: bool, linear: bool, slots: Slots) -> l
     return failed
 
 
-def sweep(spec: str, base: list[str], out: Path, resume: str, linear: bool) -> int:
+def sweep(spec: str, base: list[str], out: Path, resume: str, linear: bool, config: str = "") -> int:
+    """``config``: a config file (as train's ``--config``) whose values every run starts from."""
     if resume not in ("", AUTO):
         raise ConfigError(f"RESUME={resume!r}: a sweep takes '' or 'auto' (resume interrupted runs)")
     axes = parse_grid(spec)
-    runs = plan(axes, base, out)
+    values = read_file(config) if config else {}
+    parse([], values, config)  # the file's own errors name it
+    runs = plan(axes, base, out, as_overrides(values))
     interrupted = [r for r in runs if r.started and not r.finished]
     if interrupted and resume != AUTO:
         raise ConfigError(f"{len(interrupted)} run(s) were interrupted or failed ({interrupted[0].out}); "
