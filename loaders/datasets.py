@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,9 @@ TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("val", "test")
 CIFAR_ARCHIVE = "cifar10-jpeg.tar.gz"
 CIFAR_SIZE = 32
+# torchvision's CIFAR-10 source; fetched here, as torchvision's own download draws a tqdm bar whose
+# carriage-return frames fill a batch job's log
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 class DataError(ValueError):
@@ -141,12 +146,26 @@ def _extract(archive: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fetch(url: str, path: Path) -> None:
+    """``url`` into ``path`` (complete or absent), said in one line on stderr: no redrawn bar."""
+    print(f"downloading {url} into {path.parent} (once)", file=sys.stderr, flush=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _download_cifar10(target: Path) -> None:
     import torchvision
 
     raw = target.parent / "cifar10-download"
     tmp = Path(tempfile.mkdtemp(prefix=".cifar-", dir=target.parent))
     try:
+        raw.mkdir(exist_ok=True)
+        fetch(CIFAR_URL, raw / CIFAR_URL.rsplit("/", 1)[1])  # torchvision checks and unpacks it, downloads nothing
         for split, train in (("train", True), ("test", False)):
             ds = torchvision.datasets.CIFAR10(raw, train=train, download=True)
             counts: dict[int, int] = {}

@@ -136,3 +136,16 @@ def test_an_80_column_terminal_shows_the_step_and_the_eta_whole(cifar_small, tmp
     assert bars and all(len(f) <= 80 for f in bars), [f for f in frames if len(f) > 80]
     assert all(STEP.search(f) and ETA.search(f) for f in bars)
     assert any("step 2/2" in f and "loss " in f and not ETA.search(f).group().endswith("-:--:--") for f in bars)
+
+
+def test_the_dataset_download_says_one_line_and_draws_no_frames(tmp_path, capsys):
+    from loaders.datasets import fetch
+
+    source = tmp_path / "source.tar.gz"
+    source.write_bytes(os.urandom(3 << 20))
+    (tmp_path / "raw").mkdir()
+    fetch(source.as_uri(), tmp_path / "raw" / "archive.tar.gz")
+    assert (tmp_path / "raw" / "archive.tar.gz").read_bytes() == source.read_bytes()
+    assert os.listdir(tmp_path / "raw") == ["archive.tar.gz"]  # no temporary file left
+    err = capsys.readouterr().err
+    assert err == f"downloading {source.as_uri()} into {tmp_path / 'raw'} (once)\n"
