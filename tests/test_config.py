@@ -12,14 +12,14 @@ from sslight.recipes import build_config
 
 @pytest.mark.parametrize("args, expected", [
     (["views.n_locals=10"], "unknown key 'views.n_locals'; did you mean 'views.n_local'?"),
-    (["--model", "foo"], "model.name='foo' is not one of mnv2, r18, r34, r50, vit_t16, vit_t32, vit_s16"),
+    (["--model", "foo"], "--model 'foo' is not one of mnv2, r18, r34, r50, vit_t16, vit_t32, vit_s16"),
     (["--model", "r19"], "did you mean 'r18'?"),
     (["--method", "dinno"], "did you mean 'dino'?"),
     (["views.global_scale=0.9,0.3"], "views.global_scale=(0.9, 0.3): need 0 < min <= max <= 1"),
     (["views.global_size=64", "views.local_size=96"],
      "views.local_size=96: must not be larger than views.global_size=64"),
-    (["--epochs", "-1"], "train.epochs=-1: must be >= 1"),
-    (["--data", "/nonexistent/data"], "data.path='/nonexistent/data': no such folder"),
+    (["--epochs", "-1"], "--epochs -1: must be >= 1"),
+    (["--data", "/nonexistent/data"], "--data '/nonexistent/data': no such folder"),
     (["loss.alpha=1.5"], "loss.alpha=1.5: must be in [0, 1] or 'auto'"),
     (["train.batch_size=many"], "train.batch_size='many': expected an integer"),
     (["views.n_local"], "expected key=value"),
@@ -45,7 +45,7 @@ def test_cli_process_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sslight", "train", "--model", "foo"], capture_output=True,
                           text=True, cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("sslight: error: model.name='foo'")
+    assert proc.stderr.strip().startswith("sslight: error: --model 'foo'")
 
 
 def test_presets_follow_recipe_and_family():
