@@ -27,13 +27,41 @@ LINEAR ?=
 CKPT ?=
 TASKS ?=
 EXPORT_OUT ?=
+RUNS ?=
+PLOT_OUT ?=
 PYTEST_ARGS ?=
 BENCH_OUT ?= runs/bench
-# DALI always; FFCV where its system libraries are installed (.ci/run installs them)
+# DALI and TensorBoard always; FFCV where its system libraries are installed (.ci/run installs them)
 FFCV_EXTRA := $(shell pkg-config --exists libturbojpeg opencv4 2>/dev/null && echo ,ffcv)
-EXTRAS ?= dev,dali$(FFCV_EXTRA)
+EXTRAS ?= dev,dali,tensorboard$(FFCV_EXTRA)
 
-.PHONY: install data-link bench-data gpu-data gpu-check-dry train sweep eval export test test-all bench bench-gpu clean
+# The variables each target reads. One given on the make command line that none of the goals reads
+# is an error before anything runs: `make sweep NPROC=4` must not quietly run on one process.
+RUN_VARS := CONFIG MODEL METHOD RECIPE SCHEDULE LOADER DATA EPOCHS BATCH STEPS OUT RESUME SEED TEACHER ARGS
+READS_train := $(RUN_VARS) NPROC
+READS_config := $(RUN_VARS)
+READS_sweep := $(RUN_VARS) SWEEP LINEAR
+READS_eval := CKPT DATA TASKS ARGS
+READS_export := CKPT EXPORT_OUT
+READS_plot := RUNS PLOT_OUT
+READS_test := PYTEST_ARGS
+READS_test-all := PYTEST_ARGS
+READS_gpu-check-dry := PYTEST_ARGS
+READS_bench := BENCH_OUT
+READS_bench-gpu := BENCH_OUT
+COMMAND_VARS := $(sort $(foreach target,train sweep eval export plot test bench,$(READS_$(target))))
+GIVEN := $(foreach var,$(COMMAND_VARS),$(if $(filter command line,$(origin $(var))),$(var)))
+READ := $(sort $(foreach goal,$(MAKECMDGOALS),$(READS_$(goal))))
+UNREAD := $(filter-out $(READ),$(GIVEN))
+ifneq ($(UNREAD),)
+$(error $(firstword $(UNREAD)) is not read by 'make $(or $(MAKECMDGOALS),install)'; $(if $(READ),it reads $(READ),it reads none of the command variables))
+endif
+
+# The commands name Make variables (CKPT=, MODEL=) in their messages, not their flags
+COMMAND := SSLIGHT_VIA_MAKE=1
+
+.PHONY: install data-link bench-data gpu-data gpu-check-dry train config sweep eval export plot test test-all bench \
+	bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,24 +89,36 @@ bench-data: data-link
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC),$(PY))
 
 train: install data-link
-	$(LAUNCH) -m sslight train --config "$(CONFIG)" --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
-		--schedule "$(SCHEDULE)" \
-		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
-		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
+	$(COMMAND) $(LAUNCH) -m sslight train --config "$(CONFIG)" --model "$(MODEL)" --method "$(METHOD)" \
+		--recipe "$(RECIPE)" --schedule "$(SCHEDULE)" --loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" \
+		--batch "$(BATCH)" --steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
+		--teacher "$(TEACHER)" $(ARGS)
+
+# the config `make train` with these variables would resolve here, printed; nothing runs
+config: install
+	@$(COMMAND) $(PY) -m sslight config --config "$(CONFIG)" --model "$(MODEL)" --method "$(METHOD)" \
+		--recipe "$(RECIPE)" --schedule "$(SCHEDULE)" --loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" \
+		--batch "$(BATCH)" --steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" \
 		--teacher "$(TEACHER)" $(ARGS)
 
 # OUT is the sweep's folder (default runs/sweep); RESUME=auto resumes interrupted runs
 sweep: install data-link
-	$(PY) -m sslight sweep --sweep "$(SWEEP)" --model "$(MODEL)" --method "$(METHOD)" --recipe "$(RECIPE)" \
-		--loader "$(LOADER)" --data "$(DATA)" --epochs "$(EPOCHS)" --batch "$(BATCH)" \
-		--steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" --seed "$(SEED)" --linear "$(LINEAR)" $(ARGS)
+	$(COMMAND) $(PY) -m sslight sweep --sweep "$(SWEEP)" --config "$(CONFIG)" --model "$(MODEL)" \
+		--method "$(METHOD)" --recipe "$(RECIPE)" --schedule "$(SCHEDULE)" --loader "$(LOADER)" --data "$(DATA)" \
+		--epochs "$(EPOCHS)" --batch "$(BATCH)" --steps "$(STEPS)" --out "$(OUT)" --resume "$(RESUME)" \
+		--seed "$(SEED)" --teacher "$(TEACHER)" --linear "$(LINEAR)" $(ARGS)
 
 # CKPT: a checkpoint file or a run folder (its newest checkpoint); results beside it
 eval: install data-link
-	$(PY) -m sslight eval --ckpt "$(CKPT)" --data "$(DATA)" --tasks "$(TASKS)" $(ARGS)
+	$(COMMAND) $(PY) -m sslight eval --ckpt "$(CKPT)" --data "$(DATA)" --tasks "$(TASKS)" $(ARGS)
 
 export: install
-	$(PY) -m sslight export --ckpt "$(CKPT)" --out "$(EXPORT_OUT)"
+	$(COMMAND) $(PY) -m sslight export --ckpt "$(CKPT)" --out "$(EXPORT_OUT)"
+
+# RUNS: one run folder or several (overlaid); PLOT_OUT: the PNG (default RUN/curves.png for one run)
+plot: install
+	$(if $(strip $(RUNS)),,$(error RUNS is empty: give run folders, e.g. make plot RUNS="runs/a runs/b"))
+	$(COMMAND) $(PY) -m sslight plot $(RUNS) --out "$(PLOT_OUT)"
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
