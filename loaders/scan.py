@@ -3,7 +3,9 @@
 Checked per file, cheaply enough for ImageNet-sized datasets: zero bytes; an image header PIL
 can parse; JPEG and PNG files that end where their format says they end (EOI marker, IEND
 chunk), which catches truncation without decoding. Formats with no end marker are decoded.
-The result is cached in the data directory, keyed on the files' paths, sizes and mtimes.
+The result is cached in the data directory, keyed on the files' paths, sizes and mtimes. A scan
+long enough to be noticed says so on stderr: a bar in a terminal, one line elsewhere (a batch
+job's log gets no redrawn frames).
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
+from rich.console import Console
+from rich.progress import track
 
 TAIL = 64
+ANNOUNCED = 10_000  # files; fewer are checked in seconds
 
 
 def problem(path: str) -> str | None:
@@ -58,8 +64,15 @@ def scan(files: list[str], cache_dir: Path, workers: int = 8) -> dict[str, str]:
     cache = cache_dir / "scans" / f"{files_key(files)}.json"
     if cache.exists():
         return json.loads(cache.read_text())
+    console = Console(stderr=True)
+    announced = len(files) >= ANNOUNCED
+    if announced:
+        print(f"checking {len(files)} images for unreadable files (once; the result is cached in {cache.parent})",
+              file=sys.stderr, flush=True)
     with ThreadPoolExecutor(workers) as pool:
-        reasons = dict(zip(files, pool.map(problem, files)))
+        checked = track(pool.map(problem, files), total=len(files), description="checking images",
+                        console=console, transient=True, disable=not (announced and console.is_terminal))
+        reasons = dict(zip(files, checked))
     bad = {f: r for f, r in reasons.items() if r is not None}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")

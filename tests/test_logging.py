@@ -149,3 +149,22 @@ def test_the_dataset_download_says_one_line_and_draws_no_frames(tmp_path, capsys
     assert os.listdir(tmp_path / "raw") == ["archive.tar.gz"]  # no temporary file left
     err = capsys.readouterr().err
     assert err == f"downloading {source.as_uri()} into {tmp_path / 'raw'} (once)\n"
+
+
+def test_a_long_dataset_scan_says_one_line_off_a_terminal(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from loaders import scan
+
+    files = []
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "0.png").write_bytes(b"")
+    monkeypatch.setattr(scan, "ANNOUNCED", 4)  # the line's threshold, lowered to this folder's size
+    assert scan.scan(files, tmp_path / "cache") == {files[0]: "zero bytes"}
+    said = capsys.readouterr().err
+    cache = tmp_path / "cache" / "scans"
+    assert said == f"checking 4 images for unreadable files (once; the result is cached in {cache})\n"
+    assert scan.scan(files, tmp_path / "cache") == {files[0]: "zero bytes"}
+    assert capsys.readouterr().err == ""  # cached: checked once
