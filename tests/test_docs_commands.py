@@ -3,8 +3,9 @@
 Commands are the lines of ```bash blocks and the inline code spans that start with ``make``,
 ``sslight``, ``python -m sslight`` or ``torchrun``. Each is dry-run, without training: a make
 command with ``make -n`` (it must succeed, name only variables the Makefile defines, and the
-sslight command it expands to is checked in turn); an sslight command by the CLI's own parser, then
-by resolving its config as training would. Paths that stand for the reader's own files
+sslight command it expands to is checked in turn); an sslight command by the CLI's own parser, then a
+train command by ``sslight config`` (its config resolved as training would, nothing run) and a
+sweep by planning every run of its grid. Paths that stand for the reader's own files
 (``/path/to/imagenet``, a checkpoint a run will write) cannot exist here: those values are left
 out of the resolution, everything else is checked.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import shlex
 import subprocess
@@ -82,14 +84,19 @@ def command_words(line: str) -> list[str] | None:
     return None
 
 
-def documented_commands() -> list[tuple[str, str]]:
+def documented_commands() -> list[tuple[str, str, bool]]:
+    """(where, command, named): ``named`` for an inline span that only names a command (`make
+    sweep`, `sslight plot`), which is checked to exist; every other command is dry-run whole."""
     found = []
     for page in PAGES:
         text = page.read_text()
-        for number, line in shell_lines(text) + inline_spans(text):
-            words = command_words(line)
-            if words:
-                found.append((f"{page.relative_to(ROOT)}:{number}", shlex.join(words)))
+        for spans, inline in ((shell_lines(text), False), (inline_spans(text), True)):
+            for number, line in spans:
+                words = command_words(line)
+                if words:
+                    rest = words[3:] if words[0] in PYTHONS else words[1:]  # after the program's name
+                    named = inline and len(rest) <= 1 and not any(w.startswith("-") for w in rest)
+                    found.append((f"{page.relative_to(ROOT)}:{number}", shlex.join(words), named))
     return found
 
 
@@ -99,6 +106,10 @@ COMMANDS = documented_commands()
 def makefile_variables() -> set[str]:
     text = (ROOT / "Makefile").read_text()
     return set(re.findall(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*(?:\?|:|\+)?=", text, re.M))
+
+
+def makefile_targets() -> set[str]:
+    return set(re.findall(r"^([A-Za-z][\w.-]*):(?!=)", (ROOT / "Makefile").read_text(), re.M))
 
 
 def check_make(words: list[str], tmp_path: Path) -> None:
@@ -111,7 +122,7 @@ def check_make(words: list[str], tmp_path: Path) -> None:
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SSLIGHT_DATA": str(tmp_path)})
     assert done.returncode == 0, done.stderr.strip()
     if not any("=" in word for word in words[1:]):
-        return  # a target named in prose (`make sweep`): it exists; its variables are on its page
+        return  # nothing given: an sslight command it runs has only its defaults
     for line in done.stdout.replace("\\\n", " ").splitlines():  # recipe lines continued with \
         expanded = shlex.split(line)
         if "sslight" in expanded and expanded[expanded.index("sslight") - 1] == "-m":
@@ -121,8 +132,6 @@ def check_make(words: list[str], tmp_path: Path) -> None:
 def check_torchrun(words: list[str], tmp_path: Path) -> None:
     from torch.distributed.run import get_args_parser
 
-    if not words:
-        return  # the launcher named in prose
     args = get_args_parser().parse_args(words)  # torchrun's own flags, as torchrun reads them
     assert args.module and args.training_script == "sslight", "torchrun runs sslight with -m sslight"
     check_sslight(list(args.training_script_args), tmp_path)
@@ -160,14 +169,15 @@ def parsed(argv: list[str]):
 def check_sslight(argv: list[str], tmp_path: Path) -> None:
     from sslight.cli import parser
 
-    if len(argv) <= 1 or argv[1:] == ["--help"]:  # the command's name alone, or --help, --version
+    if not argv or "--help" in argv or "--version" in argv:
         with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as stop:
-            parser().parse_args((argv or []) + ([] if "--help" in argv or "--version" in argv else ["--help"]))
+            parser().parse_args(argv or ["--help"])
         assert stop.value.code == 0
         return
-    args = parsed(own_files_left_out(argv))
+    argv = own_files_left_out(argv)
+    args = parsed(argv)
     if args.command == "train":
-        resolve_train(args)
+        resolve_train(argv)
     elif args.command == "sweep":
         plan_sweep(args, tmp_path)
     elif args.command == "eval":
@@ -178,27 +188,45 @@ def check_sslight(argv: list[str], tmp_path: Path) -> None:
         parse(args.overrides)
 
 
-def resolve_train(args) -> None:
-    from sslight.cli import overrides_from
-    from sslight.config import read_file
-    from sslight.recipes import Machine, parse, resolve
+def resolve_train(argv: list[str]) -> None:
+    """``sslight config`` with the train command's flags: its config resolved here, nothing run."""
+    from sslight.cli import main
 
-    base = read_file(str(ROOT / args.config)) if args.config else None
-    resolve(parse(overrides_from(args), base, args.config), Machine.here())
+    printed, said = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
+        code = main(["config", *argv[1:]])
+    assert code == 0, said.getvalue().strip()
+    assert json.loads(printed.getvalue())["model"]["name"]
 
 
 def plan_sweep(args, tmp_path: Path) -> None:
+    """Every run of the grid planned and its config checked, as the sweep does before it starts."""
     from sslight.cli import overrides_from
+    from sslight.config import as_overrides, read_file
     from sslight.sweep.grid import parse_grid, plan
 
-    plan(parse_grid(args.sweep), overrides_from(args), tmp_path / "sweep")
+    config = as_overrides(read_file(args.config)) if args.config else []
+    plan(parse_grid(args.sweep), overrides_from(args), tmp_path / "sweep", config)
 
 
-@pytest.mark.parametrize("where,command", COMMANDS, ids=[where for where, _ in COMMANDS])
-def test_documented_command_runs_as_written(where, command, tmp_path, monkeypatch):
+def check_named(words: list[str]) -> None:
+    """A command named in prose exists: the Makefile target, the sslight subcommand, the launcher."""
+    if words[0] == "make":
+        unknown = set(words[1:]) - makefile_targets()
+        assert not unknown, f"no Makefile target {sorted(unknown)}"
+    elif "sslight" in words[:3]:
+        check_sslight([*words[words.index("sslight") + 1:], "--help"], Path())
+    else:
+        from torch.distributed.run import get_args_parser  # noqa: F401 (torchrun is there)
+
+
+@pytest.mark.parametrize("where,command,named", COMMANDS, ids=[where for where, _, _ in COMMANDS])
+def test_documented_command_runs_as_written(where, command, named, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     words = shlex.split(command)
-    if words[0] == "make":
+    if named:
+        check_named(words)
+    elif words[0] == "make":
         check_make(words, tmp_path)
     elif words[0] == "torchrun":
         check_torchrun(words[1:], tmp_path)
@@ -210,7 +238,7 @@ def test_documented_command_runs_as_written(where, command, tmp_path, monkeypatc
 
 def test_the_commands_are_found():
     """The extraction itself: the README's quick start comes first, every page contributes."""
-    readme = [command for where, command in COMMANDS if where.startswith("README.md")]
+    readme = [command for where, command, _ in COMMANDS if where.startswith("README.md")]
     assert readme[:2] == ["make train MODEL=r18 SCHEDULE=short", "make test"]
     assert len(COMMANDS) > 40
 
