@@ -92,8 +92,8 @@ def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path,
             "linear.epochs=5"]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert ("| run | loss.alpha | knn_top1 | knn_top1_init | knn_gain | linear_top1 | linear_top5 | images_per_s "
-            "| wall_min | status |") in table
+    assert ("| run | loss.alpha | knn_top1 | knn_top1_init | knn_gain | linear_top1 | linear_top5 | rank_pct "
+            "| images_per_s | wall_min | status |") in table
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["loss.alpha"] for r in rows] == ["auto", "0.4"]
     assert all(0 <= float(r["knn_top1"]) <= 100 and float(r["images_per_s"]) > 0 for r in rows)
@@ -108,10 +108,10 @@ def test_tiny_sweep_end_to_end_skips_finished_and_resumes(cifar_small, tmp_path,
     assert finished.stat().st_mtime_ns == stamp
     assert "2 finished already, 0 to run" in capsys.readouterr().err
 
-    # an interrupted run (no result file) is refused without RESUME=auto and finished with it
+    # an interrupted run (no result file) is refused without --resume auto and finished with it
     (out / "loss.alpha=auto" / "result.json").unlink()
     assert main(args) == 2
-    assert "RESUME=auto" in capsys.readouterr().err
+    assert "--resume auto" in capsys.readouterr().err
     assert main([*args, "--resume", "auto"]) == 0
     result = json.loads((out / "loss.alpha=auto" / "result.json").read_text())
     assert result["resumed"] and finished.stat().st_mtime_ns == stamp
