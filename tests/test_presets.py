@@ -34,12 +34,15 @@ def views(batch, n_local=2, seed=0):
 
 
 def test_swav_queue_has_sslights_length_fills_and_is_used_from_its_start_epoch():
-    cfg = build_config(["method=swav", "views.n_local=2", "train.batch_size=64"])
+    # a small head (the queue's length does not depend on it): Sinkhorn over 3000 prototypes and
+    # the whole queue, 120 times, took minutes on a CPU
+    small_head = ["swav.hidden_dim=32", "swav.out_dim=16", "swav.n_prototypes=32"]
+    cfg = build_config(["method=swav", "views.n_local=2", "train.batch_size=64", *small_head])
     assert (cfg.swav.queue_length, cfg.swav.epoch_queue_starts) == (3840, 15)
     torch.manual_seed(0)
     swav = Swav(cfg, TinyBackbone(), 2, 2)
     assert swav.queue_length == 3840  # a multiple of the global batch of 64
-    big = build_config(["method=swav", "views.n_local=2", "train.batch_size=1024"])
+    big = build_config(["method=swav", "views.n_local=2", "train.batch_size=1024", *small_head])
     assert Swav(big, TinyBackbone(), 2, 2).queue_length == 3072  # SSLight's 3840 at 8 GPUs x 128
     without = copy.deepcopy(swav)
     without.queue_length = 0
