@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import subprocess
@@ -117,8 +118,9 @@ def check_make(words: list[str], tmp_path: Path) -> None:
         if "=" in word:
             name = word.split("=", 1)[0]
             assert name in known, f"{name}= is not a Makefile variable (known: {', '.join(sorted(known))})"
+    # a clean environment: no MAKEFLAGS of an outer `make test`, no user data directory
     done = subprocess.run(["make", "-n", *words[1:]], cwd=ROOT, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SSLIGHT_DATA": str(tmp_path)})
+                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SSLIGHT_DATA": str(tmp_path)})
     assert done.returncode == 0, done.stderr.strip()
     if not any("=" in word for word in words[1:]):
         return  # nothing given: an sslight command it runs has only its defaults
