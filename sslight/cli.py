@@ -247,13 +247,25 @@ def show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def flag_hint(name: str) -> str:
+    """For an unknown ``--name``: the key it may mean (``--lr`` -> ``optim.lr=...``), else the closest flag."""
+    import difflib
+
+    from sslight.config import all_keys
+
+    known = [f"--{f}" for f in FLAGS] + ["--config", "--sweep", "--linear", "--ckpt", "--tasks", "--keys"]
+    near = [f"{key}=..." for key in all_keys() if key == name[2:] or key.endswith("." + name[2:])][:1] \
+        or difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     # overrides may sit between flags; argparse hands the later ones back as extras
     args, extra = p.parse_known_args(argv)
     unknown = [e for e in extra if e.startswith("-")]
     if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+        p.error(f"unrecognized arguments: {' '.join(unknown)}{flag_hint(unknown[0].split('=')[0])}")
     args.overrides = list(getattr(args, "overrides", [])) + extra
     from loaders.datasets import DataError
 

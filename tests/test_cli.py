@@ -142,3 +142,10 @@ def test_make_passes_every_variable_a_target_reads():
 def test_make_refuses_a_variable_the_target_does_not_read(args, unread):
     run = make(*args)
     assert run.returncode != 0 and unread in run.stderr and "it reads" in run.stderr
+
+
+@pytest.mark.parametrize("flag, hint", [("--lr", "did you mean optim.lr=...?"), ("--modle", "did you mean --model?")])
+def test_an_unknown_flag_suggests_the_key_or_the_flag_it_may_mean(flag, hint, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", flag, "1"])
+    assert done.value.code == 2 and hint in capsys.readouterr().err
