@@ -34,18 +34,18 @@ class DataConfig:
 
 @dataclass
 class ViewsConfig:
-    n_global: int = 2
+    n_global: int = 2  # global crops per image (the teacher's views)
     global_size: int | str = AUTO  # auto = the image size for small images, else 224
-    global_scale: tuple[float, float] = (0.3, 1.0)
-    n_local: int = 6
+    global_scale: tuple[float, float] = (0.3, 1.0)  # area range of a global crop (of the image); preset by the recipe
+    n_local: int = 6  # small local crops per image (the student's extra views); preset by the recipe
     local_size: int | str = 128  # a recipe value is defined for 224 px globals and scaled with them
-    local_scale: tuple[float, float] = (0.05, 0.3)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    local_scale: tuple[float, float] = (0.05, 0.3)  # area range of a local crop (of the image); preset by the recipe
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range of every crop
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mnv2"
+    name: str = "mnv2"  # the backbone
     small_stem: bool | str = AUTO  # auto = on when globals are 64 px or smaller
     drop_path_rate: float | str = AUTO  # stochastic depth of the student (EMA copies drop nothing); auto: ViT 0.1, CNN 0
 
@@ -60,9 +60,9 @@ class OptimConfig:
     name: str = AUTO  # lars for CNNs, adamw for ViTs
     lr: float | str = AUTO  # base lr per 256 images
     min_lr: float | str = AUTO  # the cosine's end, absolute (not scaled with the batch), as SSLight's
-    weight_decay: float | str = AUTO
-    weight_decay_end: float | str = AUTO
-    warmup_epochs: float = 10.0
+    weight_decay: float | str = AUTO  # at the start of the cosine; auto: CNN 1e-6, ViT 0.04
+    weight_decay_end: float | str = AUTO  # at the end of the cosine; auto: CNN 1e-6, ViT 0.4
+    warmup_epochs: float = 10.0  # linear lr warm-up, then a cosine to min_lr
     warmup_start: float | str = AUTO  # absolute lr of the first warm-up step (SwAV's start_warmup)
     momentum: float = 0.9  # LARS
     eta: float = 0.001  # LARS trust coefficient
@@ -71,40 +71,40 @@ class OptimConfig:
 
 @dataclass
 class DinoConfig:
-    out_dim: int | str = AUTO
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    use_bn_in_head: bool | str = AUTO
+    out_dim: int | str = AUTO  # prototypes of DINO's head; auto: CNN 4096, ViT 65536
+    hidden_dim: int = 2048  # DINO head's MLP width
+    bottleneck_dim: int = 256  # DINO head's bottleneck before the last layer
+    use_bn_in_head: bool | str = AUTO  # BatchNorm in the head's MLP; auto: CNN yes, ViT no
     norm_last_layer: bool | str = AUTO  # the last layer's weight-norm gain fixed at 1; auto: CNN yes, ViT no (trained)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int | str = AUTO
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996
-    freeze_last_layer: int = 1
+    student_temp: float = 0.1  # softmax temperature of the student
+    teacher_temp: float = 0.07  # the teacher's temperature after the warm-up
+    warmup_teacher_temp: float = 0.04  # the teacher's temperature at the start, raised linearly
+    warmup_teacher_temp_epochs: int | str = AUTO  # epochs of that warm-up; auto: CNN 50, ViT 30
+    center_momentum: float = 0.9  # EMA momentum of the teacher's output centre
+    momentum_teacher: float = 0.996  # the teacher's EMA momentum at the start, cosine to 1.0
+    freeze_last_layer: int = 1  # epochs the head's last layer stays frozen
 
 
 @dataclass
 class SwavConfig:
-    hidden_dim: int = 4096
-    out_dim: int = 128
-    n_prototypes: int = 3000
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
+    hidden_dim: int = 4096  # SwAV head's MLP width
+    out_dim: int = 128  # SwAV head's output (prototype space) size
+    n_prototypes: int = 3000  # number of prototypes
+    temperature: float = 0.1  # softmax temperature of the swapped prediction
+    epsilon: float = 0.05  # Sinkhorn-Knopp regularisation
+    sinkhorn_iterations: int = 3  # Sinkhorn-Knopp iterations per step
     queue_length: int = 3840  # SSLight's; rounded down to a multiple of the global batch; 0 = no queue
-    epoch_queue_starts: int = 15
-    freeze_prototypes_epochs: int = 1
+    epoch_queue_starts: int = 15  # the epoch from which the queue is used
+    freeze_prototypes_epochs: int = 1  # epochs the prototypes stay frozen
 
 
 @dataclass
 class MocoConfig:
-    hidden_dim: int = 2048
-    out_dim: int = 128
-    queue_length: int = 65536
-    temperature: float = 0.2
-    momentum: float = 0.999
+    hidden_dim: int = 2048  # MoCo head's MLP width
+    out_dim: int = 128  # MoCo head's output size
+    queue_length: int = 65536  # negative keys kept in the queue
+    temperature: float = 0.2  # InfoNCE temperature
+    momentum: float = 0.999  # the key encoder's EMA momentum
 
 
 @dataclass
@@ -117,15 +117,15 @@ class TeacherConfig:
 
 @dataclass
 class ProbeConfig:
-    enabled: bool = False
-    lr: float = 0.1
+    enabled: bool = False  # a linear classifier on the detached features, trained alongside, reported each epoch
+    lr: float = 0.1  # that classifier's lr
 
 
 @dataclass
 class EvalConfig:
     every: int = 1  # kNN every N epochs and at the end; 0 = only at the end
-    k: int = 20
-    temperature: float = 0.07
+    k: int = 20  # neighbours of the kNN classifier
+    temperature: float = 0.07  # kNN vote weighting temperature
     bank_limit: int = 0  # 0 = the whole train split
     query_limit: int = 0  # 0 = the whole test split
     at_start: bool = False  # also kNN at initialisation, so the end says what training gained
@@ -135,10 +135,10 @@ class EvalConfig:
 class LinearConfig:
     """The linear probe of ``sslight eval``, trained on cached frozen features."""
 
-    epochs: int = 100
+    epochs: int = 100  # epochs of the linear probe
     lr: float = 0.1  # base lr per 256 features; SGD, momentum 0.9, cosine
-    batch_size: int = 256
-    weight_decay: float = 0.0
+    batch_size: int = 256  # features per batch
+    weight_decay: float = 0.0  # of the probe's SGD
 
 
 @dataclass
@@ -146,26 +146,26 @@ class SemisupConfig:
     """Semi-supervised fine-tuning of ``sslight eval``: the whole network on label subsets."""
 
     percents: str = "1,10"  # label subsets, percent of the train split, class-balanced
-    epochs: int = 20
+    epochs: int = 20  # epochs of fine-tuning per label subset
     lr: float = 0.05  # base lr per 256 images; SGD, Nesterov momentum 0.9, cosine
-    batch_size: int = 64
-    weight_decay: float = 0.0
+    batch_size: int = 64  # images per batch
+    weight_decay: float = 0.0  # of the fine-tuning's SGD
     subset_seed: int = 0  # which images a subset file holds
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
+    epochs: int = 100  # passes over the (limited) training set
+    batch_size: int = 64  # images per step per process (the global batch is this x processes)
     steps: int = 0  # stop after N optimiser steps; 0 = run all epochs
-    seed: int = 0
-    out: str = AUTO  # auto = runs/<model>_<method>_<recipe>[_<schedule>][_<data folder>][_seed<N>] (recipes.default_out)
+    seed: int = 0  # seeds the weights, the data order, the crops and data.limit's subset
+    out: str = AUTO  # the run folder; auto = runs/<model>_<method>_<recipe>[_<schedule>][_<data>][_seed<N>]
     resume: str = ""  # "" = start fresh, auto = newest checkpoint in out, or a path
     overwrite: bool = False  # start afresh in an out folder that holds another run (its checkpoints go once ours is saved)
-    device: str = AUTO
+    device: str = AUTO  # auto = cuda where there is one, else cpu
     compile: bool | str = AUTO  # auto = on for CUDA, off for CPU
     precision: str = AUTO  # auto = bf16 on CUDA; on CPU by its native bf16 and the backbone (precision.py)
-    log_every: int = 10
+    log_every: int = 10  # a log line and a metrics record every N steps
     ckpt_every: int = 0  # extra checkpoint every N steps; 0 = once per epoch
     skip_nonfinite: int = 0  # steps with a non-finite loss whose update may be skipped; 0 = stop at the first
     sync_bn: bool | str = AUTO  # SyncBatchNorm over all processes; auto = on for several CUDA processes
@@ -173,9 +173,9 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    method: str = "dino"
-    recipe: str = "sslight"
-    schedule: str = "full"  # a named schedule (recipes.SCHEDULES): "short" is the CPU learning check's
+    method: str = "dino"  # the self-supervised method
+    recipe: str = "sslight"  # the view-sampling recipe: baseline or SSLight's
+    schedule: str = "full"  # recipes.SCHEDULES; short: 60,000 images, kNN at start and end (the CPU learning check)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
