@@ -140,7 +140,7 @@ def bad_files(teacher_ckpt, tmp_path_factory):
     (["--teacher", "{moco}"], "a moco checkpoint has no DINO head"),
     (["--teacher", "{teacher}", "dino.out_dim=128"],
      "the teacher's head has out_dim 256, the student's dino.out_dim is 128; set dino.out_dim=256"),
-    (["--teacher", "{tmp}/y.safetensors"], "teacher.head_path='': teacher.path="),
+    (["--teacher", "{tmp}/y.safetensors"], "teacher.head_path='': --teacher "),
     (["--teacher", "{tmp}/x.safetensors", "teacher.head_path={teacher}"], "x.safetensors': no such file"),
     (["--method", "dino", "--teacher", "{teacher}"], "only rob_dino uses a teacher; method is dino"),
 ])

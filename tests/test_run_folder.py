@@ -43,7 +43,7 @@ def test_a_new_run_into_a_held_folder_is_refused_and_changes_nothing(held, cifar
     capsys.readouterr()
     assert train(held, cifar_small, "--model", "mnv2", "--steps", "1") == 2
     err = one_line(capsys)
-    assert f"{held} holds a run (2 checkpoints, r18 dino, step 2); continue it with RESUME=auto" in err
+    assert f"{held} holds a run (2 checkpoints, r18 dino, step 2); continue it with --resume auto" in err
     assert digests(held) == before
 
 
@@ -97,12 +97,12 @@ def test_unreadable_or_foreign_files_are_one_line_errors(held, cifar_small, tmp_
     fresh = tmp_path / "fresh"
     capsys.readouterr()
     assert train(fresh, cifar_small, "--resume", str(bad), "--steps", "1") == 2
-    assert f"train.resume='{bad}': {message}" in one_line(capsys)
+    assert f"--resume '{bad}': {message}" in one_line(capsys)
     assert not fresh.exists()
     assert main(["eval", "--ckpt", str(bad)]) == 2
-    assert f"CKPT='{bad}': {message}" in one_line(capsys)
+    assert f"--ckpt '{bad}': {message}" in one_line(capsys)
     assert main(["export", "--ckpt", str(bad)]) == 2
-    assert f"CKPT='{bad}': {message}" in one_line(capsys)
+    assert f"--ckpt '{bad}': {message}" in one_line(capsys)
 
 
 def test_overwrite_removes_the_old_checkpoints_only_once_its_own_is_written(held, cifar_small, monkeypatch):
