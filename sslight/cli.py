@@ -223,7 +223,7 @@ def show_config(args: argparse.Namespace) -> int:
         from sslight import keys
 
         rows = keys.keys(recipes.choices())
-        print(keys.markdown(rows) if args.markdown else keys.text(rows))
+        emit(keys.markdown(rows) if args.markdown else keys.text(rows))
         return 0
     if args.markdown:
         raise ConfigError("--markdown goes with --keys (the key table)")
@@ -241,10 +241,19 @@ def show_config(args: argparse.Namespace) -> int:
 
         Dumper.add_representer(list, lambda dumper, v: dumper.represent_sequence("tag:yaml.org,2002:seq", v,
                                                                                     flow_style=True))
-        print(yaml.dump(data, Dumper=Dumper, sort_keys=False), end="")
+        emit(yaml.dump(data, Dumper=Dumper, sort_keys=False).rstrip("\n"))
     else:
-        print(json.dumps(data, indent=1))
+        emit(json.dumps(data, indent=1))
     return 0
+
+
+def emit(text: str) -> None:
+    """Print to stdout; a reader that closes the pipe early (``sslight config --keys | head``) ends
+    the output quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
 
 
 def flag_hint(name: str) -> str:

@@ -111,7 +111,7 @@ def main(runs: list[str], out: str | None) -> int:
     folders = [Path(run) for run in runs]
     for folder in folders:
         if not (folder / METRICS_FILE).is_file():
-            raise ConfigError(f"{folder} is not a run folder (no {METRICS_FILE} in it); give the OUT of a training run")
+            raise ConfigError(f"{folder} is not a run folder (no {METRICS_FILE} in it); give a training run's folder")
     png = Path(out) if out else folders[0] / "curves.png" if len(folders) == 1 else Path("curves.png")
     written = save_curves(folders, png)
     if written is None:

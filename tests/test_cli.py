@@ -149,3 +149,12 @@ def test_an_unknown_flag_suggests_the_key_or_the_flag_it_may_mean(flag, hint, ca
     with pytest.raises(SystemExit) as done:
         main(["train", flag, "1"])
     assert done.value.code == 2 and hint in capsys.readouterr().err
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_output_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "sslight", "config", "--keys"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("method = dino")
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in proc.stderr.read()
