@@ -3,6 +3,7 @@ a resume with other settings or an unreadable checkpoint stops with one line, an
 already there stay byte for byte as they were."""
 
 import hashlib
+import shutil
 
 import pytest
 import torch
@@ -30,12 +31,18 @@ def one_line(capsys) -> str:
     return err
 
 
-@pytest.fixture
-def held(cifar_small, tmp_path):
-    """A folder holding a ResNet-18 DINO run of two steps: checkpoints at steps 1 and 2."""
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def held_once(cifar_small, tmp_path_factory):
+    """A ResNet-18 DINO run of two steps, trained once for the module: checkpoints at steps 1 and 2."""
+    out = tmp_path_factory.mktemp("held") / "run"
     assert train(out, cifar_small, "--model", "r18", "--steps", "2", "train.ckpt_every=1") == 0
     return out
+
+
+@pytest.fixture
+def held(held_once, tmp_path):
+    """A folder holding that run, this test's own copy (tests resume, truncate and overwrite it)."""
+    return shutil.copytree(held_once, tmp_path / "run")
 
 
 def test_a_new_run_into_a_held_folder_is_refused_and_changes_nothing(held, cifar_small, capsys):
