@@ -4,7 +4,12 @@ The file holds exactly the state dict of ``timm.create_model(<timm name>, num_cl
 (no classifier). When the backbone is a plain timm architecture (no small-input stem, or a ViT,
 whose small stem is only the ``patch_size`` keyword) timm loads it directly::
 
-    timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0, **kwargs)
+    timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path, **pretrained_cfg),
+                      num_classes=0, **kwargs)
+
+``pretrained_cfg`` (in the sidecar) tells timm how the backbone saw images: the run's global crop size,
+ImageNet mean/std, bicubic resizing, no classifier; ``timm.data.resolve_data_config(model=model)``
+then gives the transform that matches.
 
 A CNN with the small-input stem differs from timm's model in layers, not keywords (ResNet: a 3x3
 stride-1 conv1 and no max pool; MobileNetV2: stride 1 in the stem and the first 24-channel
@@ -18,11 +23,13 @@ import os
 from pathlib import Path
 
 import timm
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from sslight.augment import IMAGENET_MEAN, IMAGENET_STD
 from sslight.config import ConfigError
 from sslight.eval import trained
+from sslight.eval.features import RESIZE_RATIO
 from sslight.models import BACKBONES, build_backbone, timm_kwargs
 
 
@@ -35,13 +42,33 @@ def direct(spec: dict) -> bool:
     return not spec["small_stem"] or spec["model"].startswith("vit")
 
 
+def pretrained_cfg(image_size: int) -> dict:
+    """timm's data config of the backbone: evaluation's geometry (resize, centre crop) and normalisation;
+    the same at test time (timm's defaults for the architecture name larger test sizes)."""
+    size, crop_pct = (3, image_size, image_size), round(1 / RESIZE_RATIO, 4)
+    return dict(input_size=size, test_input_size=size, crop_pct=crop_pct, test_crop_pct=crop_pct,
+                interpolation="bicubic", mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), num_classes=0)
+
+
 def timm_call(spec: dict, path: Path) -> str:
     """The Python line that rebuilds the exported backbone."""
     if not direct(spec):
         return f"sslight.eval.export.load_timm({str(path)!r})"
     kwargs = "".join(f", {k}={v!r}" for k, v in spec["kwargs"].items())
+    overlay = "".join(f", {k}={v!r}" for k, v in spec["pretrained_cfg"].items())
     return (f"timm.create_model({spec['timm_name']!r}, pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file={str(path)!r}), num_classes=0{kwargs})")
+            f"pretrained_cfg_overlay=dict(file={str(path)!r}{overlay}), num_classes=0{kwargs})")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` (temp file + replace), created as any file is: mode 0666 less the
+    umask (safetensors' own ``save_file`` makes it 0600, unreadable to the rest of a team)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export(ckpt: str | Path, out: str | Path | None = None) -> tuple[Path, dict]:
@@ -50,20 +77,16 @@ def export(ckpt: str | Path, out: str | Path | None = None) -> tuple[Path, dict]
     path, cfg, backbone = run.path, run.cfg, run.build()
     out = Path(out) if out else path.with_suffix(".backbone.safetensors")
     if out.suffix != ".safetensors":
-        raise ConfigError(f"EXPORT_OUT={str(out)!r}: expected a .safetensors file name")
+        raise ConfigError(f"--out {str(out)!r}: expected a .safetensors file name")
     name, small_stem, size = cfg.model.name, bool(cfg.model.small_stem), cfg.views.global_size
     spec = dict(model=name, timm_name=BACKBONES[name].timm_name, kwargs=timm_kwargs(name, small_stem, size),
                 small_stem=small_stem, image_size=size, num_features=backbone.num_features,
-                checkpoint=str(path))
+                pretrained_cfg=pretrained_cfg(size), checkpoint=str(path))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-    save_file(state, str(tmp), metadata={"sslight": json.dumps(spec)})
-    os.replace(tmp, out)
+    write_atomic(out, save(state, metadata={"sslight": json.dumps(spec)}))
     spec["call"] = timm_call(spec, out)
-    tmp_json = sidecar(out).with_name(f".{sidecar(out).name}.tmp-{os.getpid()}")
-    tmp_json.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp_json, sidecar(out))
+    write_atomic(sidecar(out), (json.dumps(spec, indent=2) + "\n").encode())
     return out, spec
 
 
@@ -71,12 +94,14 @@ def load_timm(path: str | Path) -> nn.Module:
     """The exported backbone as a timm model (eval mode), small-input stem included."""
     path = Path(path)
     spec = json.loads(sidecar(path).read_text())
+    data_cfg = spec.get("pretrained_cfg") or pretrained_cfg(spec["image_size"])  # older exports had none
     if direct(spec):
-        model = timm.create_model(spec["timm_name"], pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                                  num_classes=0, **spec["kwargs"])
+        model = timm.create_model(spec["timm_name"], pretrained=True, num_classes=0, **spec["kwargs"],
+                                  pretrained_cfg_overlay=dict(file=str(path), **data_cfg))
     else:
         model = build_backbone(spec["model"], True, spec["image_size"])
         model.load_state_dict(load_file(str(path)))  # strict: every key and shape must match
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **data_cfg}  # timm keeps both names
     return model.eval()
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import multiprocessing.forkserver
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from PIL import Image
 from loaders.images import open_rgb, to_uint8_chw
 from sslight.augment import IMAGENET_MEAN, IMAGENET_STD
 from sslight.checkpoint import save_atomic
+from sslight.interrupt import stop_point
 from sslight.precision import autocast
 
 RESIZE_RATIO = 256 / 224  # resize then centre-crop, the usual evaluation geometry
@@ -55,8 +59,24 @@ def image_loader(dataset, batch_size: int, workers: int, **options) -> torch.uti
     if workers:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
+        start_forkserver()
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                        multiprocessing_context=context, **options)
+
+
+def start_forkserver() -> None:
+    """Starts the forkserver (and multiprocessing's resource tracker) with SIGINT ignored, as it
+    would set it itself only after importing this module: a Ctrl-C in those seconds would print
+    its KeyboardInterrupt traceback beside the command's one-line stop. The workers it forks keep
+    ignoring SIGINT; they end when the command, which stops on it, shuts its loader down or exits."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
+        multiprocessing.forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored across exec
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def normalised(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -79,6 +99,7 @@ def extract(backbone, split, size: int, device, dtype, workers: int, batch: int 
     feats, labels = [], []
     with torch.compiler.set_stance("force_eager"):
         for images, y in loader:
+            stop_point()
             with autocast(device, dtype):
                 feats.append(backbone(normalised(images, device)).float())
             labels.append(y.to(device))

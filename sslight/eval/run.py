@@ -5,6 +5,7 @@ Results go to ``eval-<checkpoint name>.json`` beside the checkpoint, and one sum
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -19,26 +20,49 @@ from sslight.eval.finetune import finetune
 from sslight.eval.knn import knn_accuracies
 from sslight.eval.linear import topk_accuracy, train_linear
 from sslight.eval.subsets import label_subset
+from sslight.interrupt import Interrupted, stoppable
 from sslight.precision import dtype_of
 
 KNN_KS = (10, 20, 100, 200)
 TASKS = ("knn", "linear", "semisup")
+CPU_TASKS = ("knn",)  # minutes; the 100-epoch linear probe and the fine-tuning take hours on a CPU
 
 
-def parse_tasks(text: str) -> list[str]:
-    tasks = [t for t in text.split(",") if t] if text else list(TASKS)
+def parse_tasks(text: str) -> list[str] | None:
+    """The tasks ``--tasks`` names; None when it names none (the device's default, :func:`default_tasks`)."""
+    if not text:
+        return None
+    tasks = [t for t in text.split(",") if t]
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
-        raise ConfigError(f"TASKS={text!r}: expected a comma-separated subset of {','.join(TASKS)}")
+        raise ConfigError(f"--tasks {text!r}: expected a comma-separated subset of {','.join(TASKS)}")
     return tasks
+
+
+def default_tasks(device: torch.device) -> list[str]:
+    if device.type != "cpu":
+        return list(TASKS)
+    print(f"sslight: note: on a CPU the default is --tasks {','.join(CPU_TASKS)}; "
+          f"--tasks {','.join(TASKS)} adds the linear probe and fine-tuning (hours on a CPU)",
+          file=sys.stderr, flush=True)
+    return list(CPU_TASKS)
 
 
 def result_path(ckpt: Path) -> Path:
     return ckpt.parent / f"eval-{ckpt.stem}.json"
 
 
-def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str]) -> dict:
-    run = trained.load(ckpt, overrides)
+def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str] | None = None) -> dict:
+    """Evaluates ``tasks`` (None: :func:`default_tasks`) and writes the result file. A stop signal
+    ends it within a batch or an SGD step, before the result file is written; the features
+    extracted so far stay cached for the next try."""
+    with stoppable("the evaluation", "no result written (features extracted so far are cached)"):
+        result = evaluate(trained.load(ckpt, overrides), tasks)
+    write_json(result_path(Path(result["checkpoint"])), result)
+    return result
+
+
+def evaluate(run: trained.TrainedBackbone, tasks: list[str] | None) -> dict:
     path, cfg = run.path, run.cfg
     dataset = load_dataset(cfg.data.path)
     if dataset.test is None or not dataset.labelled:
@@ -46,6 +70,7 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str]
                         "ImageFolder subtrees")
     device = torch.device(cfg.train.device)
     dtype = dtype_of(cfg.train.precision)
+    tasks = tasks or default_tasks(device)
     train_split = dataset.train.subset(cfg.eval.bank_limit, cfg.train.seed)
     test_split = dataset.test.subset(cfg.eval.query_limit, cfg.train.seed)
     n_classes = len(dataset.classes)
@@ -80,7 +105,6 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: list[str], tasks: list[str]
             scores = finetune(run.build(), subset, test_split, n_classes, cfg)  # each from the trained weights
             result["semisup"][f"{percent:g}"] = dict(scores, images=len(subset), subset_file=str(subset_path))
             result["seconds"][f"semisup_{percent:g}"] = time.perf_counter() - start
-    write_json(result_path(path), result)
     return result
 
 
@@ -96,7 +120,11 @@ def summary(result: dict) -> str:
 
 
 def main(ckpt: str, overrides: list[str], tasks_text: str) -> int:
-    result = evaluate_checkpoint(ckpt, overrides, parse_tasks(tasks_text))
+    try:
+        result = evaluate_checkpoint(ckpt, overrides, parse_tasks(tasks_text))
+    except Interrupted as exc:
+        print(f"sslight: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     print(summary(result), flush=True)
     print(f"results: {result_path(Path(result['checkpoint']))}", flush=True)
     return 0

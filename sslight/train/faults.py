@@ -11,22 +11,13 @@ import torch
 from torch import nn
 
 from sslight import distributed
+from sslight.interrupt import SIGNALS, Interrupted  # noqa: F401  (the CLI catches faults.Interrupted)
 
 NO_BAD_STEP = 2**62  # "no bad step yet" for the min-reduction over ranks
 
 
 class TrainingStopped(RuntimeError):
     """A run stopped by a fault; the message is one line. The CLI exits with code 1."""
-
-
-class Interrupted(Exception):
-    """SIGTERM or Ctrl-C: a checkpoint at the current step was written. The CLI exits with
-    128 + the signal number (143, 130), as a process killed by it would, so shells, schedulers
-    and torchrun see an interrupted run, not a finished one."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 class NonFiniteGuard:
@@ -103,8 +94,6 @@ class StopSignals:
     """SIGTERM and SIGINT (Ctrl-C) ask the loop to stop after the current step; a second
     signal acts at once, through the handler that was there before."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self, device: torch.device):
         self.device = device
         self.signum = 0
@@ -112,7 +101,7 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
-            for s in self.SIGNALS:
+            for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
