@@ -88,6 +88,7 @@ def rank_trace(out, data, *args):
     return [r["rank_fraction"] for r in read(out / "metrics.jsonl") if r["kind"] == "train"]
 
 
+@pytest.mark.slow  # two 30-step ResNet-18 runs at batch 64: about a minute on 2 cores
 def test_the_indicator_separates_a_collapsing_run_from_a_learning_one(flat_cifar, tmp_path, capsys):
     learning = rank_trace(tmp_path / "learning", flat_cifar)
     assert "collapse:" not in capsys.readouterr().err

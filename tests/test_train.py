@@ -142,7 +142,9 @@ def test_a_loader_bound_run_says_so_once(cifar_small, tmp_path, capsys, monkeypa
                 time.sleep(0.5)
                 yield batch
 
-    args = ["--data", str(cifar_small), "--loader", "synthetic", "--batch", "16", "--steps", "4", "eval.every=0"]
+    # a small step (batch 8, 2 local crops) leaves the slow loader's wait the larger share, as the hint needs
+    args = ["--data", str(cifar_small), "--loader", "synthetic", "--batch", "8", "views.n_local=2", "--steps", "4",
+            "eval.every=0"]
     for loader, hints in ((Slow, 1), (SyntheticLoader, 0)):
         monkeypatch.setitem(registry.BACKENDS, "synthetic", loader)
         capsys.readouterr()
