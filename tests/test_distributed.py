@@ -18,7 +18,7 @@ from sslight.methods.swav import sinkhorn
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [*TINY, "views.n_local=2"]
+SMALL = [*TINY, "views.n_local=2", "eval.bank_limit=40", "eval.query_limit=20"]
 
 
 def torchrun(out: Path, trace: Path, *args: str) -> subprocess.CompletedProcess:
@@ -34,8 +34,10 @@ def read_trace(trace: Path, rank: int) -> list[dict]:
 
 @pytest.mark.parametrize("method,args", [
     ("dino", ["data.limit=42", "--batch", "4"]),  # one whole epoch: 21 images per rank, 5 batches
-    ("swav", ["data.limit=32", "--batch", "4", "--steps", "3", "swav.queue_length=16", "swav.epoch_queue_starts=0"]),
-    ("moco", ["data.limit=32", "--batch", "4", "--steps", "3"]),
+    # SwAV's queue and MoCo's across ranks: two more torchrun launches, about 20 s each on 2 cores
+    pytest.param("swav", ["data.limit=32", "--batch", "4", "--steps", "3", "swav.queue_length=16",
+                          "swav.epoch_queue_starts=0"], marks=pytest.mark.slow),
+    pytest.param("moco", ["data.limit=32", "--batch", "4", "--steps", "3"], marks=pytest.mark.slow),
 ])
 def test_two_ranks_stay_identical_and_split_the_epoch(cifar_small, tmp_path, method, args):
     out, trace = tmp_path / "run", tmp_path / "trace"
