@@ -20,7 +20,8 @@ from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # 64 images, 8 per batch: 8 steps per epoch
-SMALL = [*TINY, "views.n_local=2", "data.limit=64", "--batch", "8", "--epochs", "1", "eval.every=0"]
+SMALL = [*TINY, "views.n_local=2", "data.limit=64", "--batch", "8", "--epochs", "1", "eval.every=0",
+         "eval.bank_limit=40", "eval.query_limit=20"]
 
 
 @pytest.fixture(autouse=True)
