@@ -72,7 +72,9 @@ def start_forkserver() -> None:
     if threading.current_thread() is not threading.main_thread():  # signal.signal works there only
         multiprocessing.forkserver.ensure_running()
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # an ignored signal stays ignored across exec
+    # An ignored signal stays ignored across exec. This process ignores SIGINT only for the fork and
+    # exec (milliseconds): blocking it instead would not reach the server (its mask is reset).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
