@@ -24,7 +24,8 @@ def teacher_ckpt(cifar_small, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # module scope: keep caches out of the user's data dir
         mp.setenv("SSLIGHT_DATA", str(tmp_path_factory.getbasetemp() / "sslight-home"))
         assert main(["train", "--out", str(out), "--data", str(cifar_small), "--model", "r18", "--method", "dino",
-                     "--batch", "16", "--steps", "2", "eval.every=0", *TINY]) == 0
+                     "--batch", "8", "--steps", "2", "eval.every=0", *TINY, "eval.bank_limit=40",
+                     "eval.query_limit=20"]) == 0
     return checkpoint.latest(out)
 
 
@@ -114,7 +115,7 @@ def test_rob_dino_trains_from_cli_with_a_timm_file_teacher(cifar_small, teacher_
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--data", str(cifar_small), "--method", "rob_dino",
                  "--teacher", str(timm_file), f"teacher.head_path={teacher_ckpt}",
-                 "--batch", "16", "--steps", "2", *TINY]) == 0
+                 "--batch", "8", "--steps", "2", *TINY, "eval.bank_limit=40", "eval.query_limit=20"]) == 0
     records = read(out / "metrics.jsonl")
     assert all(math.isfinite(r["loss"]) for r in records if r["kind"] == "train")
     assert 0 <= records[-1]["knn_top1"] <= 100
@@ -163,5 +164,6 @@ def test_the_teacher_is_read_once_per_run(cifar_small, teacher_ckpt, tmp_path, m
     real = rob_teacher.read_checkpoint
     monkeypatch.setattr(rob_teacher, "read_checkpoint", lambda *a: reads.append(a) or real(*a))
     assert main(["train", "--out", str(tmp_path / "run"), "--data", str(cifar_small), "--method", "rob_dino",
-                 "--teacher", str(teacher_ckpt), "--batch", "16", "--steps", "1", "eval.every=0", *TINY]) == 0
+                 "--teacher", str(teacher_ckpt), "--batch", "8", "--steps", "1", "eval.every=0", *TINY,
+                 "eval.bank_limit=40", "eval.query_limit=20"]) == 0
     assert reads == [("teacher.path", str(teacher_ckpt))]

@@ -35,7 +35,8 @@ def check_run(out, records):
 ])
 def test_methods_and_models_train(cifar_small, tmp_path, args):
     out = tmp_path / "run"
-    records = train(out, "--data", str(cifar_small), "--epochs", "1", "--batch", "16", "--steps", "2", *args)
+    records = train(out, "--data", str(cifar_small), "--epochs", "1", "--batch", "16", "--steps", "2",
+                    "eval.bank_limit=40", "eval.query_limit=20", *args)
     check_run(out, records)
 
 
