@@ -40,6 +40,7 @@ def test_methods_and_models_train(cifar_small, tmp_path, args):
     check_run(out, records)
 
 
+@pytest.mark.slow  # prepares the whole archive (60000 files: about 30 s of file creation here) and scans it
 def test_default_dataset_is_cifar10(cifar_env, tmp_path):
     out = tmp_path / "run"
     records = train(out, "--steps", "1", "--batch", "16", "data.limit=64", "probe.enabled=true")
