@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown)}{flag_hint(unknown[0].split('=')[0])}")
     args.overrides = list(getattr(args, "overrides", [])) + extra
     from loaders.datasets import DataError
+    from sslight.interrupt import Interrupted
 
     via_make = os.environ.get(VIA_MAKE) == "1"
     try:
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"sslight: error: {as_typed(str(exc), args, via_make)}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a stop during eval, a sweep or before training starts: one line
+        print(f"sslight: {exc}", file=sys.stderr)
+        return exc.exit_code
     return train(run)
 
 

@@ -138,3 +138,36 @@ def test_seed_repeats_give_mean_std_and_whether_a_difference_beats_the_noise():
     (row,) = comparisons(axes, noisy).rows
     assert row[3] == pytest.approx(7 / 6) and row[4] > 0.5 and row[5] == "no"
     assert comparisons(axes, seeded_table({"baseline": [30.0], "sslight": [31.0]})) is None  # one seed: no test
+
+
+def test_ctrl_c_stops_a_sweep_and_its_runs_with_one_line_each(cifar_small, tmp_path):
+    """Ctrl-C signals the whole process group: the sweep and the run it started. The sweep ends
+    with one line and exit 130; the run's log.txt ends with its own one line, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sslight", "sweep", "--sweep", "loss.alpha=auto,0.4", "--data", str(cifar_small),
+           "--out", str(out), "--batch", "16", "train.epochs=50", *TINY]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    log = out / "loss.alpha=auto" / "log.txt"
+    end = time.monotonic() + 180
+    while not (log.exists() and "step " in log.read_text()):  # the run is training
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.splitlines()[-1] == ("sslight: stopped by SIGINT during the sweep; finished runs are kept; "
+                                    "continue with --resume auto"), err
+    assert "Traceback" not in err
+    run_log = log.read_text()
+    assert "Traceback" not in run_log and run_log.splitlines()[-1].startswith("sslight: stopped by SIGTERM"), run_log
+    assert list(log.parent.glob("ckpt-*.pt")), "the run stopped without its checkpoint"

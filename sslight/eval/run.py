@@ -20,7 +20,7 @@ from sslight.eval.finetune import finetune
 from sslight.eval.knn import knn_accuracies
 from sslight.eval.linear import topk_accuracy, train_linear
 from sslight.eval.subsets import label_subset
-from sslight.interrupt import Interrupted, stoppable
+from sslight.interrupt import stoppable
 from sslight.precision import dtype_of
 
 KNN_KS = (10, 20, 100, 200)
@@ -120,11 +120,7 @@ def summary(result: dict) -> str:
 
 
 def main(ckpt: str, overrides: list[str], tasks_text: str) -> int:
-    try:
-        result = evaluate_checkpoint(ckpt, overrides, parse_tasks(tasks_text))
-    except Interrupted as exc:
-        print(f"sslight: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+    result = evaluate_checkpoint(ckpt, overrides, parse_tasks(tasks_text))
     print(summary(result), flush=True)
     print(f"results: {result_path(Path(result['checkpoint']))}", flush=True)
     return 0

@@ -7,6 +7,7 @@ The result file is written last and atomically, so its presence means the run is
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from loaders.datasets import DataError
 from sslight import checkpoint
 from sslight.checkpoint import write_json
 from sslight.eval.run import evaluate_checkpoint
+from sslight.interrupt import Interrupted
 from sslight.sweep.grid import RESULT
 from sslight.train.log import read
 from sslight.train.loop import prepare, train
@@ -39,7 +41,8 @@ def run(out: Path, overrides: list[str], resume: bool, linear: bool) -> dict:
         raise DataError(f"data.path={cfg.data.path!r}: a sweep evaluates each run with kNN, which needs "
                         "labelled train/ and val/ or test/ splits")
     last_eval = evaluated[-1]
-    result = dict(overrides=overrides, knn_top1=last_eval["knn_top1"], knn_k=cfg.eval.k,
+    knn_k = min(cfg.eval.k, len(prepared.dataset.train.subset(cfg.eval.bank_limit, cfg.train.seed)))  # as clipped
+    result = dict(overrides=overrides, knn_top1=last_eval["knn_top1"], knn_k=knn_k,
                   epochs=cfg.train.epochs, steps=last_eval["steps"], images_per_s=images_per_s(records),
                   resumed=resumed)
     if linear:
@@ -59,7 +62,11 @@ def main() -> None:
     p.add_argument("--linear", action="store_true", help="also a linear probe on cached features")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    run(args.out, args.overrides, args.resume, args.linear)
+    try:
+        run(args.out, args.overrides, args.resume, args.linear)
+    except Interrupted as exc:  # the sweep stopped: one line in the run's log.txt, no traceback
+        print(f"sslight: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

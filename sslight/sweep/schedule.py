@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sslight.config import AUTO, ConfigError, as_overrides, read_file
+from sslight.interrupt import stop_point, stoppable
 from sslight.recipes import build_config, parse
 from sslight.sweep.grid import OVERRIDES, RESULT, Planned, parse_grid, plan
 from sslight.sweep.report import report
@@ -61,7 +61,9 @@ def launch(run: Planned, resume: bool, linear: bool, device: str) -> subprocess.
     flags = [*(["--resume"] if resume else []), *(["--linear"] if linear else [])]
     cmd = [sys.executable, "-m", "sslight.sweep.run", *flags, str(run.out), *run.overrides]
     with open(run.out / "log.txt", "a") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # its own session: a Ctrl-C in the terminal reaches the sweep alone, which then stops each run
+        # with one SIGTERM (a second signal would end the run at once, without its checkpoint)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def schedule(todo: list[Planned], resume: bool, linear: bool, slots: Slots) -> list[str]:
@@ -69,6 +71,7 @@ def schedule(todo: list[Planned], resume: bool, linear: bool, slots: Slots) -> l
     pending, active, failed = list(todo), [], []
     try:
         while pending or active:
+            stop_point()
             while pending and (device := slots.free([d for _, _, d in active])) is not None:
                 run = pending.pop(0)
                 where = device if device == "cpu" else f"GPU {device}"
@@ -111,7 +114,7 @@ def sweep(spec: str, base: list[str], out: Path, resume: str, linear: bool, conf
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished already, {len(todo)} to run "
           f"into {out}", file=sys.stderr, flush=True)
     workers = build_config(runs[0].overrides).data.workers
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    failed = schedule(todo, resume == AUTO, linear, Slots(workers)) if todo else []
+    with stoppable("the sweep", "finished runs are kept; continue with --resume auto"):
+        failed = schedule(todo, resume == AUTO, linear, Slots(workers)) if todo else []
     report(axes, runs, out)
     return 1 if failed else 0
