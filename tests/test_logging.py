@@ -168,3 +168,22 @@ def test_a_long_dataset_scan_says_one_line_off_a_terminal(tmp_path, capsys, monk
     assert said == f"checking 4 images for unreadable files (once; the result is cached in {cache})\n"
     assert scan.scan(files, tmp_path / "cache") == {files[0]: "zero bytes"}
     assert capsys.readouterr().err == ""  # cached: checked once
+
+
+def test_a_stop_during_the_epochs_knn_keeps_the_epochs_record(cifar_small, tmp_path, monkeypatch):
+    """The epoch (here cut by the step limit) is trained and saved before its kNN: a stop there
+    loses the kNN only."""
+    import sslight
+    from sslight.train import faults, loop
+
+    def stopped(*args):
+        raise faults.Interrupted(2, "stopped by SIGINT during the kNN evaluation")
+
+    monkeypatch.setattr(loop, "knn_evaluation", stopped)
+    out = tmp_path / "run"
+    with pytest.raises(faults.Interrupted):
+        sslight.pretrain(data=str(cifar_small), out=str(out), steps=1, batch=8, model="mnv2",
+                         overrides=[*TINY, "views.n_local=2"])
+    (record,) = [r for r in read(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert record["epoch"] == 0 and record["steps"] == 1 and "knn_top1" not in record
+    assert list(out.glob("ckpt-e0000-s00000001.pt"))

@@ -354,7 +354,11 @@ def end_epoch(run: Run, parts: Parts, at: Position, loss_sum: torch.Tensor, inte
     last = at.step >= parts.max_steps or at.epoch + 1 == cfg.train.epochs
     due = (cfg.eval.every and (at.epoch + 1) % cfg.eval.every == 0) or last
     if run.dataset.test is not None and run.dist.main and due:
-        record.update(evaluate(run, parts))
+        try:
+            record.update(evaluate(run, parts))
+        except faults.Interrupted:
+            log.write("epoch", at.step, **record)  # the epoch is done and saved; only its kNN is lost
+            raise
     log.write("epoch", at.step, **record)
     report.say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     if run.dist.main:
