@@ -189,7 +189,7 @@ def say_header(run: Run, parts: Parts, log: MetricsLog, report: RunReport) -> No
                f"batch {cfg.train.batch_size}{processes}")
     images = min(cfg.data.limit or len(run.dataset.train), len(run.dataset.train))
     report.say(f"  data {cfg.data.path or 'CIFAR-10'} ({images} training images); {run.device}, "
-               f"loader {cfg.data.loader} ({cfg.data.workers} workers), precision {cfg.train.precision}"
+               f"loader {cfg.data.loader} ({cfg.data.workers} worker{'s' * (cfg.data.workers != 1)}), precision {cfg.train.precision}"
                + (", compiled" if cfg.train.compile else ""))
     report.say(f"  out {out}: checkpoints, config.json, metrics.jsonl, curves.png; {tb}")
     if run.dataset.test is None:
