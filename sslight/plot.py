@@ -79,6 +79,7 @@ def draw(runs: list[Path]) -> Figure | None:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="grey")
             ax.set_yticks([])
         ax.set_title(title, fontsize=10)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))  # short labels: fixed margins hold them
         ax.grid(alpha=0.3)
     for ax in fig.axes[3:]:
         ax.set_xlabel("optimiser step")
