@@ -2,6 +2,7 @@
 `sslight config`, errors naming inputs as the user typed them, and Make agreeing with the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,8 +120,11 @@ def test_plot_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys, cli_user)
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
-    """``make -n``: what a target would run, without running it."""
-    return subprocess.run(["make", "-n", "-s", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    """``make -n``: what a target would run, without running it; not as a sub-make of the ``make
+    test`` running these tests, whose command-line variables (PYTEST_ARGS) would reach it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL")}
+    return subprocess.run(["make", "-n", "-s", *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env=env)
 
 
 def test_make_passes_every_variable_a_target_reads():
