@@ -19,15 +19,17 @@ GROUPS = [ViewGroup(2, 48, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(4, 24, (0.05, 
 N_IMAGES = 32
 
 
-def optional(name):
+def optional(name, *marks):
     """Optional backends are skipped, with the reason, where their package is not installed."""
     if name in ("dali", "ffcv"):
         module = __import__(f"loaders.{name}", fromlist=["available"])
-        return pytest.param(name, marks=pytest.mark.skipif(not module.available(), reason=f"{name} not installed"))
-    return name
+        marks = (pytest.mark.skipif(not module.available(), reason=f"{name} not installed"), *marks)
+    return pytest.param(name, marks=marks) if marks else name
 
 
 GEOMETRY_BACKENDS = [optional(b) for b in ("pil", "nvjpeg", "dali", "ffcv")]
+# FFCV compiles its pipeline with numba for each loader (about 30 s here): its statistics run in the slow set
+STATISTICS_BACKENDS = [*GEOMETRY_BACKENDS[:3], optional("ffcv", pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def test_contract_shapes_dtype_layout(backend, coordinate_split):
     assert sorted(seen) == list(range(N_IMAGES))
 
 
-@pytest.mark.parametrize("backend", GEOMETRY_BACKENDS)
+@pytest.mark.parametrize("backend", STATISTICS_BACKENDS)
 def test_crop_areas_and_flips_agree_with_reference(backend, coordinate_split):
     """Mean crop area within 4 standard errors of the reference sampler's (0.06 for the 128 global
     views here: a backend sampling another scale range is off by far more), every area inside the

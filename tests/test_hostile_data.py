@@ -59,6 +59,7 @@ def test_salted_dataset_trains_one_epoch(salted, tmp_path, loader, monkeypatch, 
 
 
 
+@pytest.mark.slow  # a second FFCV run (its numba compile, its .beton) beside the salted one: about 50 s
 @pytest.mark.skipif(not ffcv.available(), reason="ffcv not installed")
 def test_ffcv_with_a_huge_image_trains_then_evaluates_with_workers(salted, tmp_path, monkeypatch):
     """The 6000x6000 image is stored at the recipe's largest useful side, so FFCV's buffers stay
