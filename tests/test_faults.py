@@ -58,6 +58,7 @@ def steps_of(out: Path) -> list[int]:
     return [r["step"] for r in read(out / "metrics.jsonl") if r["kind"] == "train"]
 
 
+@pytest.mark.slow  # three killed runs and their resumes: about 25 s
 def test_sigkill_anywhere_then_resume_auto_finishes(cifar_small, tmp_path):
     out = tmp_path / "run"
     # 1: killed at a random moment after the first checkpoint

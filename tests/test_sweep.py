@@ -140,6 +140,7 @@ def test_seed_repeats_give_mean_std_and_whether_a_difference_beats_the_noise():
     assert comparisons(axes, seeded_table({"baseline": [30.0], "sslight": [31.0]})) is None  # one seed: no test
 
 
+@pytest.mark.slow  # a sweep and its run started in processes: about 15 s
 def test_ctrl_c_stops_a_sweep_and_its_runs_with_one_line_each(cifar_small, tmp_path):
     """Ctrl-C signals the whole process group: the sweep and the run it started. The sweep ends
     with one line and exit 130; the run's log.txt ends with its own one line, no traceback."""
