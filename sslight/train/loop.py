@@ -188,8 +188,9 @@ def say_header(run: Run, parts: Parts, log: MetricsLog, report: RunReport) -> No
                f"{cfg.train.epochs} epochs x {parts.steps_per_epoch} steps/epoch{limit}, "
                f"batch {cfg.train.batch_size}{processes}")
     images = min(cfg.data.limit or len(run.dataset.train), len(run.dataset.train))
+    workers = f"{cfg.data.workers} worker{'s' * (cfg.data.workers != 1)}"
     report.say(f"  data {cfg.data.path or 'CIFAR-10'} ({images} training images); {run.device}, "
-               f"loader {cfg.data.loader} ({cfg.data.workers} worker{'s' * (cfg.data.workers != 1)}), precision {cfg.train.precision}"
+               f"loader {cfg.data.loader} ({workers}), precision {cfg.train.precision}"
                + (", compiled" if cfg.train.compile else ""))
     report.say(f"  out {out}: checkpoints, config.json, metrics.jsonl, curves.png; {tb}")
     if run.dataset.test is None:
