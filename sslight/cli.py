@@ -1,4 +1,4 @@
-"""Command line: ``sslight train|sweep|eval|export|plot|config``; ``sslight COMMAND --help`` for each.
+"""Command line: ``sslight train|sweep|eval|export|plot|config|pack``; ``sslight COMMAND --help`` for each.
 
 Only the standard library and sslight.config are imported here, so that ``--help`` answers at once;
 a command imports what it runs (torch and the rest) once its arguments are read.
@@ -53,6 +53,7 @@ MAKE_FLAGS = {
     "export": {"CKPT": "--ckpt", "EXPORT_OUT": "--out"},
     "plot": {"RUNS": "RUN", "PLOT_OUT": "--out"},
     "config": {**{name.upper(): f"--{name}" for name in FLAGS}, "CONFIG": "--config"},
+    "pack": {"DATA": "SRC", "SHARDS": "DST", "SHARD_SIZE": "--shard-size", "REENCODE": "--reencode"},
 }
 VIA_MAKE = "SSLIGHT_VIA_MAKE"  # set by the Makefile: messages then name Make variables
 
@@ -85,6 +86,13 @@ Each run is a short-schedule run (--schedule or --config change that) in OUT/<ke
   sslight config --model r18 --schedule short       the config that run would use here
   sslight config --config runs/x/config.json --format yaml
   sslight config --keys                             every key: default, type, allowed values""",
+    "pack": """examples:
+  sslight pack /data/imagenet /data/imagenet-shards         train/ and val/ into shards of about 256 MB
+  sslight pack cifar10 /data/cifar10-shards --shard-size 64MB
+  sslight pack /data/photos /data/photo-shards --reencode 90    every image a JPEG of quality 90
+
+The same command again after an interruption goes on from the complete shards. Train from the
+shards with --data DST (a folder, or the URL of a server holding it).""",
 }
 
 
@@ -152,6 +160,17 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--keys", action="store_true", help="list every key: default, type, allowed values, meaning")
     show.add_argument("--markdown", action="store_true", help="with --keys: as a markdown table")
     show.add_argument("overrides", nargs="*", metavar="key=value", help="any config key")
+
+    pack = subcommand(sub, "pack", "a dataset into tar shards every loader reads, from disk or over HTTP")
+    pack.add_argument("src", metavar="SRC", help="a folder with train/ (and val/ or test/), an ImageFolder tree, a "
+                      'folder of images, or cifar10 ("" too): CIFAR-10 from the data directory')
+    pack.add_argument("dst", metavar="DST", help="the shards' folder: new or empty, or one an interrupted pack of "
+                      "the same source was writing (it goes on)")
+    pack.add_argument("--shard-size", default="", help="about this many bytes per shard, e.g. 64MB, 1GB; default "
+                      "256MB")
+    pack.add_argument("--reencode", default="", metavar="Q", help="every image re-encoded as a JPEG of quality Q "
+                      "(1-100); default: JPEG bytes as they are, other images as lossless PNG")
+    pack.add_argument("--workers", default="", help="threads reading and checking the files; default 4 per core")
     return p
 
 
@@ -189,6 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.command == "config":
         return show_config(args)
+    if args.command == "pack":
+        return pack_command(args)
     if args.command == "plot":
         from sslight.plot import main as plot
 
@@ -211,6 +232,33 @@ def run_command(args: argparse.Namespace) -> int:
     if args.overrides:
         raise ConfigError(f"export takes no key=value overrides, got {' '.join(args.overrides)}")
     return export(args.ckpt, args.out)
+
+
+def pack_command(args: argparse.Namespace) -> int:
+    """``sslight pack SRC DST``: the progress while it packs, then what it wrote and what it left out."""
+    from loaders.datasets import DataError
+    from loaders.pack import DEFAULT_SHARD_BYTES, Bar, pack, parse_size, report
+
+    via_make = os.environ.get(VIA_MAKE) == "1"
+    try:
+        if args.overrides:
+            raise DataError(f"pack takes SRC DST and its flags, got also {' '.join(args.overrides)}")
+        workers = int(args.workers) if args.workers.isdigit() and int(args.workers) > 0 else 0
+        if args.workers and not workers:
+            raise DataError(f"--workers {args.workers!r}: allowed: a number of threads, 1 or more")
+        size = parse_size(args.shard_size) if args.shard_size else DEFAULT_SHARD_BYTES
+        packed = pack(args.src, args.dst, size, args.reencode or None, workers, progress=Bar())
+    except DataError as exc:
+        message = str(exc)
+        if via_make:
+            message = re.sub(r"\bSRC=", "DATA=", re.sub(r"\bDST=", "SHARDS=", message))
+        raise DataError(message) from None
+    except KeyboardInterrupt:
+        print(f"sslight: pack stopped; its complete shards are kept in {args.dst}: the same command again goes on "
+              "from them", file=sys.stderr)
+        return 130
+    emit("\n".join(report(packed)))
+    return 0
 
 
 def show_config(args: argparse.Namespace) -> int:
