@@ -29,6 +29,9 @@ TASKS ?=
 EXPORT_OUT ?=
 RUNS ?=
 PLOT_OUT ?=
+SHARDS ?=
+SHARD_SIZE ?=
+REENCODE ?=
 PYTEST_ARGS ?=
 BENCH_OUT ?= runs/bench
 # DALI and TensorBoard always; FFCV where its system libraries are installed (.ci/run installs them)
@@ -44,12 +47,13 @@ READS_sweep := $(RUN_VARS) SWEEP LINEAR
 READS_eval := CKPT DATA TASKS ARGS
 READS_export := CKPT EXPORT_OUT
 READS_plot := RUNS PLOT_OUT
+READS_pack := DATA SHARDS SHARD_SIZE REENCODE
 READS_test := PYTEST_ARGS
 READS_test-all := PYTEST_ARGS
 READS_gpu-check-dry := PYTEST_ARGS
 READS_bench := BENCH_OUT
 READS_bench-gpu := BENCH_OUT
-COMMAND_VARS := $(sort $(foreach target,train sweep eval export plot test bench,$(READS_$(target))))
+COMMAND_VARS := $(sort $(foreach target,train sweep eval export plot pack test bench,$(READS_$(target))))
 GIVEN := $(foreach var,$(COMMAND_VARS),$(if $(filter command line,$(origin $(var))),$(var)))
 READ := $(sort $(foreach goal,$(MAKECMDGOALS),$(READS_$(goal))))
 UNREAD := $(filter-out $(READ),$(GIVEN))
@@ -60,7 +64,7 @@ endif
 # The commands name Make variables (CKPT=, MODEL=) in their messages, not their flags
 COMMAND := SSLIGHT_VIA_MAKE=1
 
-.PHONY: install data-link bench-data gpu-data gpu-check-dry train config sweep eval export plot test test-all bench \
+.PHONY: install data-link bench-data gpu-data gpu-check-dry train config sweep eval export plot pack test test-all bench \
 	bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -119,6 +123,12 @@ export: install
 plot: install
 	$(if $(strip $(RUNS)),,$(error RUNS is empty: give run folders, e.g. make plot RUNS="runs/a runs/b"))
 	$(COMMAND) $(PY) -m sslight plot $(RUNS) --out "$(PLOT_OUT)"
+
+# DATA (a folder, or empty: CIFAR-10) into tar shards in SHARDS, each about SHARD_SIZE (default 256MB);
+# REENCODE=Q makes every image a JPEG of quality Q. The same command again resumes an interrupted pack.
+pack: install data-link
+	$(if $(strip $(SHARDS)),,$(error SHARDS is empty: give the shards' folder, e.g. make pack DATA=/data/imagenet SHARDS=/data/imagenet-shards))
+	$(COMMAND) $(PY) -m sslight pack "$(DATA)" "$(SHARDS)" --shard-size "$(SHARD_SIZE)" --reencode "$(REENCODE)"
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
