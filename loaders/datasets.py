@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from loaders.scan import scan
+from loaders.shards import ShardError, common_size, is_sharded, load_index, load_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 TRAIN_SPLITS = ("train",)
@@ -38,6 +40,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.files)
 
+    def sample_name(self, index: int) -> str:
+        return self.files[index]
+
+    def read(self, index: int) -> bytes:
+        """Sample ``index``'s encoded bytes (as :meth:`loaders.shards.ShardedSplit.read`)."""
+        with open(self.files[index], "rb") as f:
+            return f.read()
+
     def subset(self, n: int, seed: int) -> "Split":
         if not n or n >= len(self.files):
             return self
@@ -47,6 +57,32 @@ class Split:
     def without(self, bad) -> "Split":
         keep = [i for i, f in enumerate(self.files) if f not in bad]
         return Split([self.files[i] for i in keep], [self.labels[i] for i in keep])
+
+
+@dataclass
+class Picked:
+    """Some samples of a split, by index: a packed dataset's label subset."""
+
+    base: object  # a Split or a loaders.shards.ShardedSplit
+    indices: list[int]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @functools.cached_property
+    def labels(self) -> list[int]:
+        labels = self.base.labels
+        return [labels[i] for i in self.indices]
+
+    @functools.cached_property
+    def files(self) -> list[str]:
+        return [self.base.sample_name(i) for i in self.indices]
+
+    def sample_name(self, index: int) -> str:
+        return self.base.sample_name(self.indices[index])
+
+    def read(self, index: int) -> bytes:
+        return self.base.read(self.indices[index])
 
 
 @dataclass
@@ -132,8 +168,31 @@ def common_image_size(split: Split, probe: int = 32) -> int | None:
 
 def probe_image_size(path: str) -> int | None:
     """:func:`common_image_size` of the dataset at ``path``, known before it is prepared: the
-    default CIFAR-10 is 32 px; a folder is listed (read only) and probed."""
-    return common_image_size(discover(path).train) if path else CIFAR_SIZE
+    default CIFAR-10 is 32 px; a packed dataset's index says it; a folder is listed (read only)
+    and probed."""
+    if not path:
+        return CIFAR_SIZE
+    if is_sharded(path):
+        return common_size(_index(path)[0])
+    return common_image_size(discover(path).train)
+
+
+def _index(path: str) -> tuple[dict, str]:
+    try:
+        return load_index(path)
+    except ShardError as exc:
+        raise DataError(str(exc)) from None
+
+
+def load_packed(path: str) -> Dataset:
+    """The packed dataset at ``path`` (a folder or an http(s) URL): its index alone, no image listed."""
+    index, digest = _index(path)
+    splits = index["splits"]
+    if "train" not in splits:
+        raise DataError(f"data.path={path!r}: the pack has no train split (it has {', '.join(splits)})")
+    test = next((s for s in EVAL_SPLITS if s in splits), None)
+    return Dataset(path, load_split(path, index, digest, "train"),
+                   load_split(path, index, digest, test) if test else None, list(index.get("classes", [])))
 
 
 def _extract(archive: Path, target: Path) -> None:
@@ -202,7 +261,10 @@ def prepare_cifar10(root: Path | None = None) -> Path:
 
 
 def load_dataset(path: str) -> Dataset:
-    """The dataset at ``path`` (CIFAR-10 when empty), unusable files excluded."""
+    """The dataset at ``path`` (CIFAR-10 when empty), unusable files excluded; a packed dataset
+    was screened when it was packed."""
+    if is_sharded(path):
+        return load_packed(path)
     dataset = discover(path or prepare_cifar10())
     files = dataset.train.files + (dataset.test.files if dataset.test else [])
     dataset.excluded = scan(files, data_root())

@@ -19,14 +19,14 @@ from typing import NamedTuple
 
 import simplejpeg
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from loaders.batch import Batch
 from loaders.crop import batch_bytes, map_threads, multi_crop, views_in
 from loaders.datasets import DataError
 from loaders.geometry import view_boxes
 from loaders.images import JPEG_MAGIC, image_size, open_rgb, to_uint8_chw
-from loaders.sampler import EpochBatchSampler
+from loaders.source import epoch_source
 from loaders.shared_buffers import SharedBatchBuffers
 
 # what a failed decode says when the device (or the install) failed, not the file: torchvision
@@ -61,20 +61,19 @@ class FileBytes(torch.utils.data.Dataset):
     """A file's bytes, its image size and its views' boxes: all the per-sample work that is not
     decoding happens in the workers, none of it in the process that trains."""
 
-    def __init__(self, split, groups, seed: int):
-        self.split, self.groups, self.seed = split, groups, seed
+    def __init__(self, split, groups, seed: int, reader):
+        self.split, self.groups, self.seed, self.reader = split, groups, seed, reader
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, key):
         epoch, index = key
-        path = self.split.files[index]
-        data = read_file(path)
+        data = torch.frombuffer(bytearray(self.reader.read(epoch, index)), dtype=torch.uint8)
         try:
             width, height = image_size(data.numpy())
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: no image size in its header ({exc})") from None
+            raise DataError(f"{self.split.sample_name(index)}: no image size in its header ({exc})") from None
         boxes = view_boxes(self.seed, epoch, index, width, height, self.groups)
         return data, (height, width), boxes, self.split.labels[index], index, epoch
 
@@ -96,7 +95,7 @@ class DecodeAndCut:
 
     def views(self, batch: EncodedBatch, storage: torch.UntypedStorage | None = None) -> list[torch.Tensor]:
         """The views, written into ``storage`` (CPU) when given."""
-        paths = [self.split.files[i] for i in batch.indices.tolist()]
+        paths = [self.split.sample_name(i) for i in batch.indices.tolist()]
         images = decode_batch(list(torch.split(batch.packed, batch.lengths.tolist())), paths, self.device,
                               self.batched_decode)
         # the boxes were drawn for the header's size: a decode of another size would cut wrong
@@ -204,7 +203,7 @@ class NvjpegLoader:
         CPU device) or the process that trains does, from the bytes the workers read (by default
         on CUDA, where the GPU decodes; on a CPU device this path is what tests drive)."""
         self.device = device
-        self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
+        self.sampler, reader = epoch_source(split, batch_size, seed, rank, world, workers)
         self.in_workers = device.type == "cpu" if decode_in_workers is None else decode_in_workers
         if self.in_workers and device.type != "cpu":
             raise ValueError(f"device {device}: only a CPU device decodes in the DataLoader workers")
@@ -213,7 +212,7 @@ class NvjpegLoader:
         self.buffers = SharedBatchBuffers(workers, per_worker=prefetch + 3) if self.in_workers else None
         self.decode_and_cut = DecodeAndCut(split, groups, device, self.buffers)
         self.loader = torch.utils.data.DataLoader(
-            FileBytes(split, groups, seed), batch_sampler=self.sampler, num_workers=workers,
+            FileBytes(split, groups, seed, reader), batch_sampler=self.sampler, num_workers=workers,
             collate_fn=self.decode_and_cut if self.in_workers else collate_bytes,
             pin_memory=device.type == "cuda",  # labels and indices copy to the GPU asynchronously
             persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,

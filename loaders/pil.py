@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from PIL import Image
 
 from loaders.batch import Batch, channels_last_views
 from loaders.geometry import view_params
 from loaders.images import open_rgb, to_uint8_chw
-from loaders.sampler import EpochBatchSampler
+from loaders.source import epoch_source
 
 
 class MultiCropDataset(torch.utils.data.Dataset):
-    def __init__(self, split, groups, seed: int):
-        self.split, self.groups, self.seed = split, groups, seed
+    def __init__(self, split, groups, seed: int, reader):
+        self.split, self.groups, self.seed, self.reader = split, groups, seed, reader
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, key):
         epoch, index = key
-        image = open_rgb(self.split.files[index])
+        image = open_rgb(io.BytesIO(self.reader.read(epoch, index)))
         params = view_params(self.seed, epoch, index, image.width, image.height, self.groups)
         views = []
         for group, boxes in zip(self.groups, params):
@@ -51,9 +53,9 @@ class PilLoader:
     works_in_caller = False  # DataLoader workers decode and cut
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         self.device = device
-        self.sampler = EpochBatchSampler(len(split), batch_size, seed, rank, world)
+        self.sampler, reader = epoch_source(split, batch_size, seed, rank, world, workers)
         self.loader = torch.utils.data.DataLoader(
-            MultiCropDataset(split, groups, seed), batch_sampler=self.sampler, num_workers=workers,
+            MultiCropDataset(split, groups, seed, reader), batch_sampler=self.sampler, num_workers=workers,
             collate_fn=collate_groups(groups), pin_memory=device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
         )

@@ -8,6 +8,7 @@ checkpoint or dataset gives another name, so a stale cache is never read.
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import multiprocessing.forkserver
 import signal
@@ -36,7 +37,7 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        image = open_rgb(self.split.files[i])
+        image = open_rgb(io.BytesIO(self.split.read(i)))
         if image.size != (self.size, self.size):
             short = round(self.size * RESIZE_RATIO)
             scale = short / min(image.size)

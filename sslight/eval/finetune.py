@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from PIL import Image
 from torch import nn
@@ -30,7 +32,7 @@ class TrainImages(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        image: Image.Image = self.augment(open_rgb(self.split.files[i]))
+        image: Image.Image = self.augment(open_rgb(io.BytesIO(self.split.read(i))))
         return to_uint8_chw(image), self.split.labels[i]
 
 

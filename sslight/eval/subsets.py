@@ -13,11 +13,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from loaders.datasets import DataError, Dataset, Split, data_root
+from loaders.datasets import DataError, Dataset, Picked, Split, data_root
+from loaders.shards import ShardedSplit
 
 
 def _relative(dataset: Dataset, path: str) -> str:
-    return os.path.relpath(path, dataset.root)
+    """A file's path from the dataset folder; a packed sample's name is already relative to the pack."""
+    return path if isinstance(dataset.train, ShardedSplit) else os.path.relpath(path, dataset.root)
 
 
 def subset_file(dataset: Dataset, percent: float, seed: int) -> Path:
@@ -50,7 +52,9 @@ def write(dataset: Dataset, indices: list[int], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def read(dataset: Dataset, path: Path) -> Split:
+def read(dataset: Dataset, path: Path) -> Split | Picked:
+    if isinstance(dataset.train, ShardedSplit):
+        return _read_packed(dataset, path)
     files, labels = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         relative, class_name = line.split("\t")
@@ -62,6 +66,21 @@ def read(dataset: Dataset, path: Path) -> Split:
         files.append(full)
         labels.append(dataset.classes.index(class_name))
     return Split(files, labels)
+
+
+def _read_packed(dataset: Dataset, path: Path) -> Picked:
+    """The subset of a packed train split: each line names a sample, whose index ends the name."""
+    split, indices = dataset.train, []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        name, class_name = line.split("\t")
+        index = int(name.rsplit(":", 1)[-1]) if name.rsplit(":", 1)[-1].isdigit() else -1
+        if not 0 <= index < len(split) or split.sample_name(index) != name:
+            raise DataError(f"{path}:{n}: {name} is not in the packed dataset; delete the file to redraw")
+        if class_name not in dataset.classes or dataset.classes.index(class_name) != split.labels[index]:
+            raise DataError(f"{path}:{n}: {name} is not of class {class_name!r} in the dataset; delete the file "
+                            "to redraw")
+        indices.append(index)
+    return Picked(split, indices)
 
 
 def label_subset(dataset: Dataset, percent: float, seed: int) -> tuple[Split, Path]:

@@ -1,0 +1,210 @@
+"""The epoch order of a packed dataset, and the reader that follows it with sequential reads.
+
+Each epoch the shards are put in an order drawn from (seed, epoch); their samples, shard after
+shard, make one sequence, cut into ``world x streams`` contiguous pieces of equal length (the
+remainder of the division is left out of the epoch). Rank r reads pieces r*streams ..
+(r+1)*streams - 1, one per DataLoader worker: ranks and workers read disjoint samples, each piece
+is one or two runs of consecutive samples of a shard or two (a worker reads them sequentially,
+never sample by sample), and every rank takes the same number of steps. Within a piece the
+samples pass through a shuffle buffer of ``SHUFFLE_BUFFER`` samples, also drawn from
+(seed, epoch, piece): a sample leaves the buffer at most that many samples after it was read.
+
+All of it is computed from the index alone, so the rank's batches are known in advance: batch b
+is batch b // streams of piece b % streams, and a run resumed mid-epoch asks for the same batches
+from where it stopped (the trainer's position is the epoch and the batches done). The
+DataLoader gives batch b to its workers in turn, so a worker receives the batches of one piece.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from loaders.shards import ShardedSplit, ShardError, iter_span
+
+SHUFFLE_BUFFER = 1024  # samples per piece: ~110 MB of ImageNet JPEGs held per worker
+
+
+def buffer_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """The order in which a shuffle buffer of ``buffer`` items emits positions 0..n-1 read in order:
+    output position t was read at input position < t + buffer."""
+    held = list(range(min(buffer, n)))
+    out = []
+    picks = rng.integers(0, len(held), size=n - len(held)) if held else ()
+    for incoming, pick in zip(range(len(held), n), picks):
+        out.append(held[pick])
+        held[pick] = incoming
+    out.extend(held[i] for i in rng.permutation(len(held)))
+    return np.asarray(out, np.int64)
+
+
+@dataclass
+class Piece:
+    """One rank-and-worker's samples of an epoch."""
+
+    segments: list[tuple[int, int, int]]  # (shard, first, stop) runs in read order
+    inputs: np.ndarray  # sample indices in read order
+    order: np.ndarray  # sample indices in the order batches take them
+    first_input: np.ndarray  # first_input[q]: the earliest read position any of order[q:] needs
+
+
+class ShardPlan:
+    """Pieces and batches of every epoch for one rank (see the module's docstring)."""
+
+    def __init__(self, split: ShardedSplit, seed: int, rank: int, world: int, streams: int,
+                 buffer: int = SHUFFLE_BUFFER):
+        self.counts = np.diff(split.starts)
+        self.starts = split.starts[:-1]
+        self.seed, self.rank, self.world, self.streams, self.buffer = seed, rank, world, max(1, streams), buffer
+        self.length = len(split) // (world * self.streams)  # samples per piece
+        self._epoch, self._pieces = None, None
+
+    def pieces(self, epoch: int) -> list[Piece]:
+        if self._epoch != epoch:
+            self._epoch, self._pieces = epoch, [self._piece(epoch, w) for w in range(self.streams)]
+        return self._pieces
+
+    def _piece(self, epoch: int, worker: int) -> Piece:
+        shard_order = np.random.default_rng([self.seed, epoch, 0x5A4D]).permutation(len(self.counts))
+        begin = (self.rank * self.streams + worker) * self.length
+        end = begin + self.length
+        segments, at = [], 0
+        for s in shard_order:  # the runs of the epoch's sequence inside [begin, end)
+            n = int(self.counts[s])
+            first, stop = max(begin - at, 0), min(end - at, n)
+            if first < stop:
+                segments.append((int(s), first, stop))
+            at += n
+            if at >= end:
+                break
+        inputs = np.concatenate([self.starts[s] + np.arange(a, b) for s, a, b in segments]) if segments \
+            else np.zeros(0, np.int64)
+        shuffled = buffer_shuffle(len(inputs), self.buffer, np.random.default_rng([self.seed, epoch, begin, 0xB0F]))
+        first_input = np.minimum.accumulate(shuffled[::-1])[::-1] if len(shuffled) else shuffled
+        return Piece(segments, inputs, inputs[shuffled], first_input)
+
+    def batches_per_piece(self, batch_size: int) -> int:
+        return self.length // batch_size
+
+    def batch(self, epoch: int, b: int, batch_size: int) -> np.ndarray:
+        piece = self.pieces(epoch)[b % self.streams]
+        t = b // self.streams
+        return piece.order[t * batch_size:(t + 1) * batch_size]
+
+
+class ShardBatchSampler:
+    """:class:`loaders.sampler.EpochBatchSampler`'s interface over a :class:`ShardPlan`."""
+
+    def __init__(self, plan: ShardPlan, batch_size: int):
+        if plan.length < batch_size:
+            raise ValueError(f"train.batch_size={batch_size}: larger than the {plan.length} images each of the "
+                             f"{plan.world * plan.streams} loader streams reads ({plan.world} processes x "
+                             f"{plan.streams} workers); use a smaller batch or fewer data.workers")
+        self.plan, self.batch_size = plan, batch_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def batches_per_epoch(self) -> int:
+        return self.plan.streams * self.plan.batches_per_piece(self.batch_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.skip
+
+    def __iter__(self):
+        for b in range(self.skip, self.batches_per_epoch()):
+            yield [(self.epoch, int(i)) for i in self.plan.batch(self.epoch, b, self.batch_size)]
+
+
+class _PieceReader:
+    """Reads one piece sequentially and hands out its samples in the plan's order, holding those
+    read ahead of their turn (at most the shuffle buffer's worth)."""
+
+    def __init__(self, split: ShardedSplit, piece: Piece):
+        self.split, self.piece = split, piece
+        self.position = {int(i): p for p, i in enumerate(piece.inputs)}  # sample -> read position
+        self.turn = {int(i): q for q, i in enumerate(piece.order)}  # sample -> output position
+        self.ahead: dict[int, bytes | None] = {}
+        self.stream, self.next_position = None, len(piece.inputs)
+        self.last_good: bytes | None = None
+        self.skipped = 0
+
+    def _open(self, position: int) -> None:
+        def samples():
+            at = 0
+            for s, first, stop in self.piece.segments:
+                if at + stop - first > position:
+                    start = first + max(0, position - at)
+                    base = int(self.split.starts[s])
+                    for j, data in iter_span(self.split.shards[s], start, stop):
+                        yield base + j, data
+                at += stop - first
+        self.stream, self.next_position = samples(), position
+
+    def _advance(self, wanted_turn: int) -> tuple[int, bytes | None] | None:
+        for index, data in self.stream:
+            self.next_position += 1
+            if self.turn[index] >= wanted_turn:  # earlier turns were served before a resume
+                return index, data
+        return None
+
+    def read(self, index: int) -> bytes:
+        turn = self.turn[index]
+        if index not in self.ahead:
+            if self.stream is None or self.position[index] < self.next_position:
+                self._open(int(self.piece.first_input[turn]))  # first use, or asked out of order
+                self.ahead.clear()
+            while index not in self.ahead:
+                got = self._advance(turn)
+                if got is None:
+                    raise ShardError(f"{self.split.root}: sample {index} not found where the index puts it")
+                self.ahead[got[0]] = got[1]
+        data = self.ahead.pop(index)
+        if data is None:
+            return self._substitute(index, turn)
+        self.last_good = data
+        return data
+
+    def _substitute(self, index: int, turn: int) -> bytes:
+        """A sample of an unreadable shard: the last good sample of this piece stands in, so that
+        the batch keeps its size and every rank its step count."""
+        self.skipped += 1
+        if self.last_good is None:
+            while True:
+                got = self._advance(turn)
+                if got is None:
+                    raise ShardError(f"{self.split.root}: every shard of a loader stream is unreadable")
+                self.ahead[got[0]] = got[1]
+                if got[1] is not None:
+                    self.last_good = got[1]
+                    break
+        if self.skipped == 1:
+            print(f"warning: samples of unreadable shards are replaced by other samples of their stream "
+                  f"(first: sample {index})", file=sys.stderr, flush=True)
+        return self.last_good
+
+
+class ShardCursor:
+    """``read(epoch, index)`` for the batches of a :class:`ShardPlan`, in a DataLoader worker (or the
+    main process): opens the piece the sample belongs to and reads it sequentially."""
+
+    def __init__(self, split: ShardedSplit, plan: ShardPlan):
+        self.split, self.plan = split, plan
+        self.readers: dict[tuple[int, int], _PieceReader] = {}
+        self.where: tuple[int, dict[int, int]] | None = None
+
+    def _piece_of(self, epoch: int, index: int) -> int:
+        if self.where is None or self.where[0] != epoch:
+            pieces = self.plan.pieces(epoch)
+            self.where = (epoch, {int(i): w for w, p in enumerate(pieces) for i in p.inputs})
+            self.readers = {k: r for k, r in self.readers.items() if k[0] == epoch}
+        return self.where[1][index]
+
+    def read(self, epoch: int, index: int) -> bytes:
+        w = self._piece_of(epoch, index)
+        if (epoch, w) not in self.readers:
+            self.readers[(epoch, w)] = _PieceReader(self.split, self.plan.pieces(epoch)[w])
+        return self.readers[(epoch, w)].read(index)
