@@ -162,3 +162,40 @@ def test_shards_on_the_gpu(packed):
         assert batch.labels.cpu().tolist() == [packed.labels[i] for i in batch.indices.cpu().tolist()]
         seen += batch.indices.cpu().tolist()
     assert sorted(seen) == list(range(N))
+
+
+def raw_samples(split):
+    """(index, image bytes) of every sample as DALI's webdataset reader gives them through the
+    split's .idx files, in stored order."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def read():
+        image, index = fn.readers.webdataset(
+            paths=[s.tar for s in split.shards], index_paths=[s.idx for s in split.shards],
+            ext=["jpg;png", "index"], dtypes=[types.UINT8, types.INT64], missing_component_behavior="error")
+        return image, index
+
+    pipe = read()
+    pipe.build()
+    out = []
+    for _ in range(len(split)):
+        image, index = pipe.run()
+        out.append((int(np.asarray(index[0])[0]), np.asarray(image[0]).tobytes()))
+    return out
+
+
+def test_dali_reads_what_loaders_pack_writes(cifar_small, tmp_path):
+    """The .idx files of ``loaders.pack`` lead DALI to every sample's image and index members: the
+    bytes DALI reads are the image bytes the index.json offsets point at, and the DALI loader
+    covers the split once per epoch with the packed labels."""
+    from loaders.pack import pack
+
+    pack(str(cifar_small), str(tmp_path / "packed"), shard_bytes=64 << 10, workers=2)
+    split = train_split(tmp_path / "packed")
+    assert len(split.shards) > 2 and len(split) == 200
+    assert raw_samples(split) == [(i, split.read(i)) for i in range(len(split))]
+    loader, batches = run(split, batch=20)
+    seen = sorted(i for b in batches for i in b.indices.tolist())
+    assert seen == list(range(200)) and len(batches) == loader.batches_per_epoch() == 10
+    assert all(b.labels.tolist() == [split.labels[i] for i in b.indices.tolist()] for b in batches)
