@@ -76,3 +76,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(no_gpu)
+
+
+@pytest.fixture(scope="session")
+def cifar_packed(cifar_small, tmp_path_factory) -> Path:
+    """``cifar_small`` packed (``loaders.pack``) into shards of about 64 KB: 4 train shards of about
+    60 images, 2 test shards."""
+    from loaders.pack import pack
+
+    root = tmp_path_factory.mktemp("cifar-packed")
+    pack(str(cifar_small), str(root), shard_bytes=64 << 10, workers=2)
+    return root

@@ -1,0 +1,195 @@
+"""Packed datasets: the epoch order (disjoint, equal, bounded shuffle, reproducible), reading shards
+from disk and from a real HTTP server on the loopback, including one that drops connections."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loaders.batch import ViewGroup
+from loaders.datasets import load_dataset
+from loaders.registry import build_loader
+from loaders.shard_order import ShardBatchSampler, ShardCursor, ShardPlan, buffer_shuffle
+from loaders.shards import Shard, ShardedSplit
+
+GROUPS = [ViewGroup(2, 32, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(2, 16, (0.05, 0.3), (3 / 4, 4 / 3))]
+
+
+def synthetic_split(counts: list[int]) -> ShardedSplit:
+    shards = [Shard(f"/nowhere/{s:06d}.tar", "", np.arange(n, dtype=np.int64) * 1024, np.full(n, 100, np.int64),
+                    np.zeros(n, np.int64)) for s, n in enumerate(counts)]
+    return ShardedSplit("/nowhere", "train", shards, "k")
+
+
+def test_buffer_shuffle_is_a_permutation_within_its_buffer():
+    order = buffer_shuffle(5000, 64, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(5000))
+    assert (order < np.arange(5000) + 64).all()  # output t was read before input t + buffer
+    assert (order != np.arange(5000)).mean() > 0.9
+
+
+def test_pieces_are_disjoint_equal_and_cover_the_epoch():
+    split = synthetic_split([97, 130, 64, 200, 55, 81, 120])
+    world, workers, batch = 2, 3, 8
+    samplers = [ShardBatchSampler(ShardPlan(split, 5, rank, world, workers, buffer=32), batch) for rank in range(world)]
+    seen = []
+    for sampler in samplers:
+        sampler.set_epoch(0)
+        batches = list(sampler)
+        assert len(batches) == sampler.batches_per_epoch() == workers * ((len(split) // (world * workers)) // batch)
+        assert all(len(b) == batch for b in batches)
+        seen.append([i for b in batches for _, i in b])
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0])) == len(seen[0])
+    for rank in range(world):  # a piece is a few runs of consecutive samples
+        for piece in ShardPlan(split, 5, rank, world, workers).pieces(0):
+            assert len(piece.segments) <= 3
+            runs = np.diff(piece.inputs) != 1
+            assert runs.sum() <= len(piece.segments) - 1
+
+
+def test_each_epoch_reorders_the_shards_and_the_same_seed_repeats_it():
+    split = synthetic_split([50] * 12)
+    plan = ShardPlan(split, 0, 0, 1, 2)
+    first = [p.segments for p in plan.pieces(0)]
+    assert first == [p.segments for p in ShardPlan(split, 0, 0, 1, 2).pieces(0)]
+    assert first != [p.segments for p in plan.pieces(1)]
+    assert first != [p.segments for p in ShardPlan(split, 1, 0, 1, 2).pieces(0)]
+
+
+def test_a_batch_larger_than_a_stream_is_refused_in_one_line():
+    split = synthetic_split([40])
+    with pytest.raises(ValueError, match=r"train\.batch_size=32: larger than the 20 images each of the 2 loader"):
+        ShardBatchSampler(ShardPlan(split, 0, 0, 1, 2), 32)
+
+
+def test_the_cursor_reads_every_batch_as_random_access_does(cifar_packed):
+    split = load_dataset(str(cifar_packed)).train
+    assert len(split.shards) >= 3
+    plan = ShardPlan(split, 3, 0, 1, 2, buffer=16)
+    sampler, cursor = ShardBatchSampler(plan, 10), ShardCursor(split, plan)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    for batch in batches:
+        for epoch, index in batch:
+            assert cursor.read(epoch, index) == split.read(index)
+    sampler.set_epoch(1, 3)  # a resumed epoch: the same batches from the fourth on
+    assert list(sampler) == batches[3:]
+    fresh = ShardCursor(split, plan)
+    assert [fresh.read(e, i) for e, i in batches[3]] == [split.read(i) for _, i in batches[3]]
+
+
+def test_pack_trains_with_pil_and_nvjpeg_in_workers(cifar_packed):
+    dataset = load_dataset(str(cifar_packed))
+    assert dataset.classes and len(dataset.train) == 200 and len(dataset.test) == 100
+    labels = dataset.train.labels
+    for name in ("pil", "nvjpeg"):
+        loader = build_loader(name, dataset.train, GROUPS, 16, 0, torch.device("cpu"), 2)
+        seen = []
+        for batch in loader.epoch(0):
+            assert [v.shape for v in batch.views] == [(2, 16, 3, 32, 32), (2, 16, 3, 16, 16)]
+            assert batch.views[0].dtype == torch.uint8
+            assert batch.labels.tolist() == [labels[i] for i in batch.indices.tolist()]
+            seen += batch.indices.tolist()
+        assert len(seen) == len(set(seen)) == loader.batches_per_epoch() * 16 == 192
+
+
+# ---- over HTTP: a real server on the loopback ----
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's file server with Range requests (which it lacks), and faults on demand: the first
+    request for each tar is cut after ``cut`` bytes (``cut``: the server's attribute)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            return self.send_error(404)
+        data = path.read_bytes()
+        if path.name in self.server.broken:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:100])  # and the connection ends: every try fails
+            self.close_connection = True
+            return
+        start, stop = 0, len(data)
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if wanted:
+            start = int(wanted.group(1))
+            stop = int(wanted.group(2)) + 1 if wanted.group(2) else len(data)
+        body = data[start:stop]
+        self.send_response(206 if wanted else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if wanted:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+        self.end_headers()
+        if path.suffix == ".tar" and self.server.cut and path.name not in self.server.cut_done:
+            self.server.cut_done.add(path.name)
+            self.wfile.write(body[:self.server.cut])
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(root: Path, cut: int = 0, broken=()):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
+        server.cut, server.cut_done, server.broken = cut, set(), set(broken)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def epoch_bytes(dataset, workers: int) -> list[tuple[list[int], torch.Tensor]]:
+    loader = build_loader("pil", dataset.train, GROUPS, 16, 0, torch.device("cpu"), workers)
+    return [(b.indices.tolist(), b.views[0]) for b in loader.epoch(0)]
+
+
+def test_shards_over_http_give_the_batches_of_the_local_pack(cifar_packed, serve):
+    url = serve(cifar_packed)
+    remote = load_dataset(url)
+    assert not remote.train.local and len(remote.train) == 200 and remote.classes
+    local = epoch_bytes(load_dataset(str(cifar_packed)), 2)
+    got = epoch_bytes(remote, 2)
+    assert [i for i, _ in got] == [i for i, _ in local]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, local))
+    assert remote.test.read(7) == load_dataset(str(cifar_packed)).test.read(7)  # random access, as eval reads
+
+
+def test_a_server_that_drops_connections_mid_shard_does_not_stop_the_run(cifar_packed, serve):
+    url = serve(cifar_packed, cut=3000)  # every tar's first request ends after 3000 bytes
+    local = epoch_bytes(load_dataset(str(cifar_packed)), 0)
+    got = epoch_bytes(load_dataset(url), 0)
+    assert [i for i, _ in got] == [i for i, _ in local]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, local))
+
+
+def test_a_shard_that_stays_unreadable_is_skipped_with_one_warning(cifar_packed, serve, capfd, monkeypatch):
+    monkeypatch.setattr("loaders.shards.BACKOFF", 0.01)
+    url = serve(cifar_packed, broken={"000001.tar"})
+    local = epoch_bytes(load_dataset(str(cifar_packed)), 0)
+    got = epoch_bytes(load_dataset(url), 0)
+    assert [i for i, _ in got] == [i for i, _ in local]  # every step is still taken, at full batch size
+    err = capfd.readouterr().err
+    assert err.count("000001.tar: unreadable after 5 tries") == 1
+    assert "remaining samples are skipped" in err
+    assert err.count("replaced by other samples") == 1
