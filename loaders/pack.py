@@ -566,7 +566,8 @@ class Bar:
 
     def start(self, total: int, done: int) -> None:
         self.total, self.done, self.first, self.started = total, done, done, time.monotonic()
-        self.next_line = done + max(1, total // 10)
+        self.step = max(1, -(-total // 10))
+        self.next_line = done + self.step
         if done:
             self.say(f"resuming: {done}/{total} files already packed")
         if self.console.is_terminal:
@@ -588,7 +589,7 @@ class Bar:
             if self.done % 64 == 0 or self.done == self.total:
                 self.bar.update(self.task, completed=self.done, rate=f"{self.rate():,.0f} images/s")
         elif self.done >= self.next_line and self.done < self.total:
-            self.next_line += max(1, self.total // 10)
+            self.next_line += self.step
             rate = self.rate()
             eta = (self.total - self.done) / rate if rate else 0
             self.say(f"packed {self.done}/{self.total} files ({100 * self.done // self.total}%), "
