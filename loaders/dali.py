@@ -42,6 +42,7 @@ import torch
 
 from loaders.batch import Batch, channels_last_views
 from loaders.sampler import batches_per_epoch
+from loaders.shards import ShardedSplit
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -52,6 +53,7 @@ except ImportError:  # the optional extra 'dali'
 READER = "reader"
 # encoded bytes DALI's webdataset reader holds in its shuffle buffer (shuffle_buffer)
 SHUFFLE_BYTES = 1 << 30
+TENSOR_INIT_BYTES = 64
 
 
 def available() -> bool:
@@ -85,17 +87,15 @@ def _file_pipeline(files, groups, rank, world, device_type):
     return _views(encoded, index, groups, device_type)
 
 
-def _shard_pipeline(tars, idxs, groups, rank, world, device_type, reader_seed, initial_fill, sample_bytes):
-    # each packed sample carries its index as an 8-byte little-endian int64 member (loaders.pack)
+def _shard_pipeline(tars, idxs, groups, rank, world, device_type, reader_seed, initial_fill):
+    # each packed sample carries its index as an 8-byte little-endian int64 member (loaders.pack).
+    # tensor_init_bytes: what DALI allocates ahead for each output of each buffered sample (1 MiB by
+    # default); read from a memory map, a sample only points into it, so allocate next to nothing
     encoded, index = fn.readers.webdataset(
         paths=tars, index_paths=idxs, ext=["jpg;png", "index"], dtypes=[types.UINT8, types.INT64],
         missing_component_behavior="error", random_shuffle=True, initial_fill=initial_fill, seed=reader_seed,
-        shard_id=rank, num_shards=world, tensor_init_bytes=sample_bytes, name=READER)
+        shard_id=rank, num_shards=world, tensor_init_bytes=TENSOR_INIT_BYTES, name=READER)
     return _views(encoded, index, groups, device_type)
-
-
-def _is_sharded(split) -> bool:
-    return hasattr(split, "shards")  # loaders.shards.ShardedSplit
 
 
 def _index_for(shard, folder: str, k: int) -> str:
@@ -116,7 +116,8 @@ def _index_for(shard, folder: str, k: int) -> str:
 
 def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
     """The order the tar shards are read in ``epoch``: a permutation drawn from (seed, epoch), the
-    same on every rank, so DALI's split of the sample list across ranks stays disjoint."""
+    same on every rank, so DALI's split of the sample list across ranks stays disjoint (the order
+    ``loaders.shard_order.ShardPlan`` reads them in for the other backends)."""
     return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n_shards)
 
 
@@ -134,7 +135,7 @@ class DaliLoader:
     def __init__(self, split, groups, batch_size, seed, device, workers, rank=0, world=1):
         if not available():
             raise RuntimeError("data.loader='dali' needs NVIDIA DALI: pip install -e '.[dali]'")
-        self.sharded = _is_sharded(split)
+        self.sharded = isinstance(split, ShardedSplit)
         if self.sharded and not split.local:
             raise ValueError(f"data.loader=dali reads local shards only, not {split.root}: "
                              "data.loader=nvjpeg or pil stream shards over HTTP")
@@ -147,8 +148,6 @@ class DaliLoader:
             self.tars = [s.tar for s in split.shards]
             self.idxs = [_index_for(s, self._private.name, k) for k, s in enumerate(split.shards)]
             self.initial_fill = shuffle_buffer(split, batch_size, world)
-            largest = max((int(np.max(s.sizes)) for s in split.shards if len(s.sizes)), default=0)
-            self.sample_bytes = int(min(max(largest, 4096), 1 << 20))  # DALI's per-sample allocation hint
 
     def batches_per_epoch(self) -> int:
         return batches_per_epoch(len(self.split), self.batch_size, self.world)
@@ -161,7 +160,7 @@ class DaliLoader:
             order = shard_order(len(self.tars), self.seed, epoch)
             pipe = pipeline_def(_shard_pipeline)(
                 [self.tars[k] for k in order], [self.idxs[k] for k in order], self.groups, self.rank, self.world,
-                self.device.type, epoch_seed(self.seed, epoch), self.initial_fill, self.sample_bytes, **common)
+                self.device.type, epoch_seed(self.seed, epoch), self.initial_fill, **common)
         else:
             pipe = pipeline_def(_file_pipeline)(self.split.files, self.groups, self.rank, self.world,
                                                 self.device.type, **common)
