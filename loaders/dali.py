@@ -98,16 +98,16 @@ def _shard_pipeline(tars, idxs, groups, rank, world, device_type, reader_seed, i
     return _views(encoded, index, groups, device_type)
 
 
-def _index_for(shard, folder: str, k: int) -> str:
+def _index_for(shard, folder) -> str:
     """The DALI index of ``shard``: its own .idx, or, where the split holds only the first samples
-    of the tar (``ShardedSplit.subset``), those lines of it written to ``folder``."""
-    n = len(shard.offsets)
+    of the tar (``ShardedSplit.subset``), those lines of it, written into ``folder()``."""
+    n = len(shard)
     with open(shard.idx) as f:
         header = f.readline().split()
         if int(header[1]) == n:
             return shard.idx
         lines = [next(f) for _ in range(n)]
-    path = os.path.join(folder, f"{k:06d}.idx")
+    path = os.path.join(folder(), os.path.basename(shard.idx))
     with open(path, "w") as f:
         f.write(f"{header[0]} {n}\n")
         f.writelines(lines)
@@ -144,10 +144,15 @@ class DaliLoader:
         self.labels = torch.tensor(split.labels, device=device)  # on the device once, indexed there
         self.names = [f"v{i}" for i in range(sum(g.n for g in groups))] + ["index"]
         if self.sharded:
-            self._private = tempfile.TemporaryDirectory(prefix="sslight-dali-")  # idx files of cut shards
             self.tars = [s.tar for s in split.shards]
-            self.idxs = [_index_for(s, self._private.name, k) for k, s in enumerate(split.shards)]
+            self.idxs = [_index_for(s, self._private_folder) for s in split.shards]
             self.initial_fill = shuffle_buffer(split, batch_size, world)
+
+    def _private_folder(self) -> str:
+        """A temporary folder of this loader's own (the indexes of cut shards), removed with it."""
+        if not hasattr(self, "_private"):
+            self._private = tempfile.TemporaryDirectory(prefix="sslight-dali-")
+        return self._private.name
 
     def batches_per_epoch(self) -> int:
         return batches_per_epoch(len(self.split), self.batch_size, self.world)
