@@ -19,6 +19,7 @@ from rich.console import Console
 from loaders import Loader, build_loader, view_groups
 from loaders.datasets import Dataset, load_dataset, probe_image_size
 from loaders.registry import missing as missing_loader
+from loaders.shards import ShardedSplit
 from sslight import config as config_mod, distributed, recipes
 from sslight.augment import Photometric
 from sslight.config import Config, ConfigError
@@ -114,12 +115,29 @@ class Parts:
     compiles: CompileCount
 
 
+def training_loader(run: Run, workers: int) -> Loader:
+    cfg, t = run.cfg, run.cfg.train
+    return build_loader(cfg.data.loader, run.dataset.train.subset(cfg.data.limit, t.seed), view_groups(cfg.views),
+                        t.batch_size, t.seed, run.device, workers, run.dist.rank, run.dist.world, cfg.data.overlap)
+
+
+def resumed_loader(run: Run, parts: Parts, at: Position, notes: Console) -> Loader:
+    """A packed dataset's epoch is cut into one stream per loader worker (loaders.shard_order): a run
+    resumed mid-epoch with another worker count reads with the checkpoint's count, so that it
+    trains on exactly the samples the interrupted epoch had left."""
+    if not at.batch_in_epoch or at.workers in (None, run.cfg.data.workers) or \
+            not isinstance(run.dataset.train, ShardedSplit):
+        return parts.loader
+    notes.print(f"data.workers={at.workers}, as in the run that wrote the checkpoint: a packed dataset's epoch "
+                f"is read in one stream per worker, so this resumes it exactly", soft_wrap=True)
+    return training_loader(run, at.workers)
+
+
 def build(run: Run) -> Parts:
     cfg, t, device, dist = run.cfg, run.cfg.train, run.device, run.dist
     dtype = dtype_of(t.precision)
     method = build_method(cfg, device, run.method_inputs)
-    loader = build_loader(cfg.data.loader, run.dataset.train.subset(cfg.data.limit, t.seed), view_groups(cfg.views),
-                          t.batch_size, t.seed, device, cfg.data.workers, dist.rank, dist.world, cfg.data.overlap)
+    loader = training_loader(run, cfg.data.workers)
     steps_per_epoch = loader.batches_per_epoch()
     total = t.epochs * steps_per_epoch
     schedules = Schedules(*lr_wd_schedules(cfg, steps_per_epoch, dist.world),
@@ -161,6 +179,7 @@ def train(run: Run, console: Console | None = None) -> dict:
         if run.resume_from is not None:
             at = parts.state.restore(run.resume_from)
             notes.print(f"resumed from {run.resume_from} at epoch {at.epoch}, step {at.step}", soft_wrap=True)
+            parts.loader = resumed_loader(run, parts, at, notes)
         summary: dict = dict(out=str(run.out))
         if run.resume_from is None and run.cfg.eval.at_start and run.dataset.test is not None and run.dist.main:
             init = evaluate(run, parts)["knn_top1"]
@@ -188,8 +207,9 @@ def say_header(run: Run, parts: Parts, log: MetricsLog, report: RunReport) -> No
                f"{cfg.train.epochs} epochs x {parts.steps_per_epoch} steps/epoch{limit}, "
                f"batch {cfg.train.batch_size}{processes}")
     images = min(cfg.data.limit or len(run.dataset.train), len(run.dataset.train))
+    packed = f" in {len(run.dataset.train.shards)} shards" if isinstance(run.dataset.train, ShardedSplit) else ""
     workers = f"{cfg.data.workers} worker{'s' * (cfg.data.workers != 1)}"
-    report.say(f"  data {cfg.data.path or 'CIFAR-10'} ({images} training images); {run.device}, "
+    report.say(f"  data {cfg.data.path or 'CIFAR-10'} ({images} training images{packed}); {run.device}, "
                f"loader {cfg.data.loader} ({workers}), precision {cfg.train.precision}"
                + (", compiled" if cfg.train.compile else ""))
     report.say(f"  out {out}: checkpoints, config.json, metrics.jsonl, curves.png; {tb}")

@@ -24,6 +24,7 @@ class Position:
     step: int = 0
     batch_in_epoch: int = 0
     epoch_loss_sum: float = 0.0
+    workers: int | None = None  # the loader workers of the run that wrote the checkpoint
 
 
 def rng_state(device: torch.device) -> dict:
@@ -85,4 +86,5 @@ class TrainState:
             self.probe.load_state_dict(state)
         self.guard.skipped_in_epoch = state.get("skipped_in_epoch", 0)
         restore_rng(state["rng"], self.device)
-        return Position(state["epoch"], state["step"], state["batch_in_epoch"], state["epoch_loss_sum"])
+        return Position(state["epoch"], state["step"], state["batch_in_epoch"], state["epoch_loss_sum"],
+                        state["config"]["data"]["workers"])
