@@ -2,7 +2,7 @@
 folder and as shards, side by side, on a first start (no caches) and a second start.
 
 Usage: python -m benchmarks.startup [--cache DIR] [--images 200000] [--classes 100]
-       [--loaders nvjpeg pil] [--drop-caches] [--csv out.csv]
+       [--loaders nvjpeg pil] [--drop-caches [--warm-imports]] [--csv out.csv]
 
 Set-up, once, cached in ``--cache``: ``--images`` small synthetic JPEGs (48-64 px, noise and
 gradients, fixed seed) in an ImageFolder tree ``folder/train/cNNN/``, and the same packed with
@@ -12,7 +12,9 @@ what training does before its first step on the data side (``sslight/train/loop.
 the clock starts before the process is spawned. A first start gets a fresh, empty
 ``SSLIGHT_DATA`` (so the scan cache is cold) and, with ``--drop-caches`` (root only), the
 kernel's page, dentry and inode caches dropped just before (``sync; echo 3 >
-/proc/sys/vm/drop_caches``); the second start reuses that ``SSLIGHT_DATA`` and the warm caches.
+/proc/sys/vm/drop_caches``), which makes python's and torch's own files cold too (several
+seconds of imports, the same on both sides); ``--warm-imports`` then imports them once, untimed,
+so that only the data is cold. The second start reuses that ``SSLIGHT_DATA`` and the warm caches.
 """
 
 from __future__ import annotations
@@ -100,20 +102,23 @@ def drop_caches() -> str:
         return f"not dropped ({type(exc).__name__}: {exc.strerror or exc})"
 
 
-def child(path: str, loader: str, recipe: str, batch: int, workers: int) -> None:
-    """One start, as training makes it: prints the monotonic clock after each phase as JSON."""
+CHILD_IMPORTS = "import torch; import loaders, loaders.datasets"  # what child() imports
+
+
+def child(path: str, loader: str, groups: str, batch: int, workers: int) -> None:
+    """One start, as training makes it: prints the monotonic clock after each phase as JSON.
+    ``groups``: the view groups as JSON (the recipes' module imports what a start does not)."""
     marks = {}
     import torch
 
-    from loaders import build_loader
+    from loaders import ViewGroup, build_loader
     from loaders.datasets import load_dataset, probe_image_size
-
-    from benchmarks.loader_speed import RECIPES
     marks["import"] = time.monotonic()
     probe_image_size(path)  # training resolves its view sizes from the data first
     dataset = load_dataset(path)
     marks["dataset"] = time.monotonic()
-    stream = build_loader(loader, dataset.train.subset(0, 0), RECIPES[recipe], batch, 0, torch.device("cpu"),
+    views = [ViewGroup(n, size, tuple(scale), tuple(ratio)) for n, size, scale, ratio in json.loads(groups)]
+    stream = build_loader(loader, dataset.train.subset(0, 0), views, batch, 0, torch.device("cpu"),
                           workers).epoch(0)
     marks["loader"] = time.monotonic()
     first = next(stream)
@@ -125,10 +130,13 @@ def child(path: str, loader: str, recipe: str, batch: int, workers: int) -> None
 
 def start(path: Path, loader: str, data_dir: Path, args) -> dict:
     """Seconds from before the spawn to the end of each phase of one fresh process."""
+    from benchmarks.loader_speed import RECIPES
+
+    groups = json.dumps([[g.n, g.size, list(g.scale), list(g.ratio)] for g in RECIPES[args.recipe]])
     env = {**os.environ, "SSLIGHT_DATA": str(data_dir)}
     launched = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--child", str(path), "--loaders", loader,
-                          "--recipe", args.recipe, "--batch", str(args.batch), "--workers", str(args.workers)],
+                          "--groups", groups, "--batch", str(args.batch), "--workers", str(args.workers)],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"start of {loader} on {path} failed (exit {out.returncode}): "
@@ -151,10 +159,14 @@ def main(argv: list[str] | None = None):
     p.add_argument("--shard-size", default="", help="passed to sslight pack as --shard-size")
     p.add_argument("--drop-caches", action="store_true", help="drop the kernel's caches before each first start")
     p.add_argument("--csv", default="")
+    p.add_argument("--warm-imports", action="store_true",
+                   help="after dropping the caches, import what a start imports once (untimed): only the data "
+                        "is cold, as for a new dataset on a machine that ran python before")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    p.add_argument("--groups", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        return child(args.child, args.loaders[0], args.recipe, args.batch, args.workers)
+        return child(args.child, args.loaders[0], args.groups, args.batch, args.workers)
     if args.images < args.batch or args.classes < 1:
         p.error(f"--images {args.images} --classes {args.classes}: allowed: at least --batch ({args.batch}) "
                 "images and one class")
@@ -173,24 +185,29 @@ def main(argv: list[str] | None = None):
         paths["shards"] = cache / "shards"
     table = Table(f"start-up to the first batch: {args.images:,} JPEGs of 48-64 px in {args.classes} classes, "
                   f"recipe {args.recipe}, batch {args.batch}, {args.workers} worker(s); seconds from before the "
-                  "spawn of a fresh python process to the end of each phase",
-                  ["loader", "start", "data", "caches", *PHASES, "x folder"])
+                  "spawn of a fresh python process to the end of each phase; 'data': from the end of the "
+                  "imports (the same on both sides) to the first batch",
+                  ["loader", "start", "data", "caches", *PHASES, "data s", "x folder", "x folder, data"])
+    rows = []
     for loader in args.loaders:
         for side in args.sides:  # the folder and the shards side by side, each a first then a second start
             data_dir = Path(tempfile.mkdtemp(prefix="sslight-data-"))
             try:
                 caches = drop_caches() if args.drop_caches else "warm (not dropped)"
+                if args.warm_imports:
+                    subprocess.run([sys.executable, "-c", CHILD_IMPORTS], cwd=ROOT, check=True)
+                    caches += ", then the imports warmed"
                 first = start(paths[side], loader, data_dir, args)
                 second = start(paths[side], loader, data_dir, args)
             finally:
                 shutil.rmtree(data_dir, ignore_errors=True)
             for which, result, state in (("first", first, f"empty SSLIGHT_DATA, page cache {caches}"),
                                          ("second", second, "warm")):
-                table.rows.append([loader, which, side, state, *[result["seconds"][k] for k in PHASES], None])
-    for row in table.rows:  # the folder's time over this row's, for the same loader and start
-        folder_row = next((r for r in table.rows if r[:2] == row[:2] and r[2] == "folder"), None)
-        row[-1] = folder_row[-2] / row[-2] if folder_row else None
-    table.rows = [tuple(r) for r in table.rows]
+                seconds = [result["seconds"][k] for k in PHASES]
+                rows.append([loader, which, side, state, *seconds, seconds[-1] - seconds[0]])
+    for row in rows:  # the folder's seconds over this row's, for the same loader and start
+        folder = next((r for r in rows if r[:2] == row[:2] and r[2] == "folder"), None)
+        table.add(*row, folder[-2] / row[-2] if folder else None, folder[-1] / row[-1] if folder else None)
     return table.emit(args.csv)
 
 

@@ -85,3 +85,73 @@ def test_loader_cpu_accounts_for_the_workers(cifar_small):
         bystander.kill()
     assert result["images/s"] > 0 and result["main ms/image"] > 0
     assert len(result["workers ms/image"]) == 2 and all(ms >= 0 for ms in result["workers ms/image"])
+
+
+def test_startup_dataset_is_made_once_of_distinct_readable_jpegs(tmp_path):
+    """The start-up benchmark's synthetic dataset: an ImageFolder tree of distinct JPEGs of
+    48-64 px, round-robin over the classes, that the screening keeps whole; asked again, it is
+    the same folder, not made anew."""
+    from benchmarks import startup
+    from loaders.datasets import load_dataset
+
+    folder = startup.make_folder(tmp_path / "folder", 30, 3, seed=0, pool=8)
+    dataset = load_dataset(str(folder))
+    assert dataset.classes == ["c000", "c001", "c002"] and not dataset.excluded
+    assert sorted(dataset.train.labels) == sorted([i % 3 for i in range(30)])
+    contents = [Path(f).read_bytes() for f in dataset.train.files]
+    assert len(set(contents)) == 30  # distinct files, though they repeat 8 encoded images
+    for f in dataset.train.files[:8]:
+        with Image.open(f) as im:
+            assert im.format == "JPEG" and 48 <= min(im.size) and max(im.size) <= 64
+    mtime = folder.stat().st_mtime_ns
+    assert startup.make_folder(tmp_path / "folder", 30, 3, seed=0, pool=8) == folder
+    assert folder.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_startup_dry_run_times_a_folder_and_its_shards(tmp_path):
+    """The whole start-up benchmark at a tiny size: packs the folder once, starts a fresh process
+    twice per side, and reports phases that follow each other."""
+    from benchmarks import startup
+
+    table = startup.main(["--cache", str(tmp_path), "--images", "24", "--classes", "3", "--batch", "8",
+                          "--loaders", "pil"])
+    assert [(r[0], r[1], r[2]) for r in table.rows] == [("pil", "first", "folder"), ("pil", "second", "folder"),
+                                                        ("pil", "first", "shards"), ("pil", "second", "shards")]
+    for row in table.rows:
+        phases = row[4:8]
+        assert 0 < phases[0] <= phases[1] <= phases[2] <= phases[3] < 120
+        assert row[8] == pytest.approx(phases[3] - phases[0])
+    assert table.rows[0][-2:] == (1.0, 1.0) and table.rows[2][-2] > 0 and table.rows[2][-1] > 0
+    assert (tmp_path / "24x3-seed0" / "shards" / "index.json").is_file()
+
+
+def test_shards_speed_repeats_a_sample_with_hard_links(tmp_path):
+    from benchmarks.shards_speed import repeated
+
+    sample = tmp_path / "sample"
+    (sample / "a").mkdir(parents=True)
+    for name in ("a/x.jpg", "y.jpg"):
+        (sample / name).write_bytes(b"image " + name.encode())
+    assert repeated(sample, 1, tmp_path / "work") == sample
+    links = repeated(sample, 3, tmp_path / "work")
+    assert sorted(str(p.relative_to(links)) for p in links.rglob("*.jpg")) == \
+        ["a/r0-x.jpg", "a/r1-x.jpg", "a/r2-x.jpg", "r0-y.jpg", "r1-y.jpg", "r2-y.jpg"]
+    assert (links / "a" / "r2-x.jpg").stat().st_ino == (sample / "a" / "x.jpg").stat().st_ino
+    assert repeated(sample, 3, tmp_path / "work") == links  # made once
+
+
+def test_shards_speed_dry_run_measures_both_sides(cifar_small, tmp_path):
+    """Every loader asked for, from the folder and from its shards (packed here with sslight
+    pack), in one table with the shards / folder ratio; a loader absent here is skipped."""
+    from benchmarks import shards_speed
+
+    table = shards_speed.main(["--data", str(cifar_small), "--work", str(tmp_path), "--backends", "pil", "nvjpeg",
+                               "--recipe", "sslight_cifar", "--batch", "4", "--batches", "1", "--rounds", "1",
+                               "--workers", "0"])
+    assert [(r[0], r[1]) for r in table.rows] == [("pil", "folder"), ("pil", "shards"),
+                                                  ("nvjpeg", "folder"), ("nvjpeg", "shards")]
+    for loader, side, ips, views, ratio, note in table.rows:
+        assert ips > 0 and views == ips * 8 and note == "", (loader, side, note)
+        assert ratio == 1.0 if side == "folder" else ratio > 0
+    assert len(list(tmp_path.glob("*-shards/index.json"))) == 1  # packed into --work
