@@ -42,13 +42,28 @@ class ShardError(ValueError):
     """A packed dataset that cannot be used: one line saying what and how to fix it."""
 
 
-def is_remote(path: str) -> bool:
+def is_http(path: str) -> bool:
     return str(path).startswith(("http://", "https://"))
 
 
+def is_remote(path: str) -> bool:
+    """An http(s) URL (read by this module's own client) or any other URL fsspec opens (s3://,
+    gs://, file://...: read through fsspec, with its filesystem package installed)."""
+    return "://" in str(path)
+
+
 def is_sharded(path: str) -> bool:
-    """Whether ``path`` is a packed dataset: an http(s) URL, or a local folder with an index.json."""
+    """Whether ``path`` is a packed dataset: a URL, or a local folder with an index.json."""
     return bool(path) and (is_remote(path) or (Path(path) / INDEX).is_file())
+
+
+def _fsspec_open(location: str):
+    try:
+        import fsspec
+
+        return fsspec.open(location, "rb").open()
+    except ImportError as exc:  # the URL's filesystem (s3fs, gcsfs...) is not installed
+        raise ShardError(f"data.path={location!r}: {exc}") from None
 
 
 def _join(root: str, relative: str) -> str:
@@ -180,7 +195,8 @@ class _Body:
             raise
         if self.response.status not in (200, 206):
             self.response.read()
-            raise OSError(f"HTTP {self.response.status} {self.response.reason}")
+            gone = FileNotFoundError if self.response.status in (404, 410) else OSError
+            raise gone(f"HTTP {self.response.status} {self.response.reason}")
         if self.response.status == 200:
             self.skip(start)
 
@@ -193,7 +209,7 @@ class _Body:
 
     def read(self, n: int) -> bytes:
         try:
-            return self.response.read(n)
+            return self.response.read(None if n < 0 else n)
         except (OSError, http.client.HTTPException):
             _connections.drop(self.url)
             raise
@@ -204,13 +220,34 @@ class _Body:
             _connections.drop(self.url)
 
 
+class _FileBody:
+    """:class:`_Body`'s reads from a file fsspec opens."""
+
+    def __init__(self, location: str, start: int, stop: int | None):
+        self.file = _fsspec_open(location)
+        self.file.seek(start)
+
+    def skip(self, n: int) -> None:
+        self.file.seek(n, os.SEEK_CUR)
+
+    def read(self, n: int) -> bytes:
+        return self.file.read(n)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _body(location: str, start: int, stop: int | None):
+    return (_Body if is_http(location) else _FileBody)(location, start, stop)
+
+
 def read_range(location: str, start: int, size: int) -> bytes:
     """``size`` bytes of a local file or URL from byte ``start``."""
     if not is_remote(location):
         with open(location, "rb") as f:
             data = os.pread(f.fileno(), size, start)
     else:
-        body = _Body(location, start, start + size)
+        body = _body(location, start, start + size)
         try:
             data = body.read(size)
         finally:
@@ -225,11 +262,13 @@ def read_text(location: str) -> bytes:
         return Path(location).read_bytes()
     for tries in range(RETRIES):
         try:
-            body = _Body(location, 0, None)
+            body = _body(location, 0, None)
             try:
-                return body.response.read()
+                return body.read(-1)
             finally:
                 body.close()
+        except FileNotFoundError:
+            raise
         except (OSError, http.client.HTTPException) as exc:
             if tries == RETRIES - 1:
                 raise ShardError(f"data.path={location!r}: unreadable ({exc})") from None
@@ -267,7 +306,7 @@ def _remote_span(shard: Shard, first: int, stop: int) -> Iterator[tuple[int, byt
     while j < stop:
         body = None
         try:
-            body = _Body(shard.tar, int(shard.offsets[j]), int(shard.offsets[stop - 1] + shard.sizes[stop - 1]))
+            body = _body(shard.tar, int(shard.offsets[j]), int(shard.offsets[stop - 1] + shard.sizes[stop - 1]))
             at = int(shard.offsets[j])
             while j < stop:
                 gap = int(shard.offsets[j]) - at  # the tar headers between two images

@@ -193,3 +193,19 @@ def test_a_shard_that_stays_unreadable_is_skipped_with_one_warning(cifar_packed,
     assert err.count("000001.tar: unreadable after 5 tries") == 1
     assert "remaining samples are skipped" in err
     assert err.count("replaced by other samples") == 1
+
+
+def test_any_url_fsspec_opens_is_read_through_it(cifar_packed):
+    url = Path(cifar_packed).resolve().as_uri()  # file://...: fsspec's local filesystem
+    remote, local = load_dataset(url), load_dataset(str(cifar_packed))
+    assert not remote.train.local and remote.classes == local.classes
+    assert remote.train.read(5) == local.train.read(5)
+    assert [i for i, _ in epoch_bytes(remote, 0)] == [i for i, _ in epoch_bytes(local, 0)]
+
+
+def test_a_url_without_a_pack_says_so_in_one_line(tmp_path, serve):
+    from loaders.datasets import DataError
+
+    url = serve(tmp_path)
+    with pytest.raises(DataError, match=r"no index\.json; pack a dataset with `sslight pack SRC"):
+        load_dataset(url)
