@@ -209,3 +209,21 @@ def test_a_url_without_a_pack_says_so_in_one_line(tmp_path, serve):
     url = serve(tmp_path)
     with pytest.raises(DataError, match=r"no index\.json; pack a dataset with `sslight pack SRC"):
         load_dataset(url)
+
+
+def test_a_packed_label_subset_is_fixed_in_a_file_and_read_back(cifar_packed):
+    from sslight.eval.features import EvalImages
+    from sslight.eval.subsets import label_subset
+
+    dataset = load_dataset(str(cifar_packed))
+    subset, path = label_subset(dataset, 10, 0)
+    assert len(subset) == 20 and sorted(set(subset.labels)) == list(range(10))
+    assert all(subset.labels.count(c) == 2 for c in range(10))
+    again, _ = label_subset(dataset, 10, 0)
+    assert again.indices == subset.indices
+    image, label = EvalImages(subset, 32)[3]
+    assert image.shape == (3, 32, 32) and label == dataset.train.labels[subset.indices[3]]
+    path.write_text(path.read_text().replace(":0000", ":9999", 1))
+    from loaders.datasets import DataError
+    with pytest.raises(DataError, match="is not in the packed dataset; delete the file to redraw"):
+        label_subset(dataset, 10, 0)
