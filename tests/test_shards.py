@@ -227,3 +227,17 @@ def test_a_packed_label_subset_is_fixed_in_a_file_and_read_back(cifar_packed):
     from loaders.datasets import DataError
     with pytest.raises(DataError, match="is not in the packed dataset; delete the file to redraw"):
         label_subset(dataset, 10, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_pack_on_cuda_gives_the_cpu_batches(cifar_packed, overlap):
+    """nvJPEG on the GPU from the workers' shard bytes: the same samples in the same order as the
+    CPU path, the same views within decoder rounding."""
+    dataset = load_dataset(str(cifar_packed))
+    cpu = build_loader("nvjpeg", dataset.train, GROUPS, 16, 0, torch.device("cpu"), 2)
+    cuda = build_loader("nvjpeg", dataset.train, GROUPS, 16, 0, torch.device("cuda"), 2, overlap=overlap)
+    for a, b in zip(cpu.epoch(1), cuda.epoch(1), strict=True):
+        assert b.views[0].is_cuda and torch.equal(a.indices, b.indices.cpu())
+        for va, vb in zip(a.views, b.views):
+            assert (va.float() - vb.cpu().float()).abs().mean() < 2.0
