@@ -42,6 +42,7 @@ import torch
 
 from loaders.batch import Batch, channels_last_views
 from loaders.sampler import batches_per_epoch
+from loaders.shard_order import shard_permutation
 from loaders.shards import ShardedSplit
 
 try:
@@ -114,13 +115,6 @@ def _index_for(shard, folder) -> str:
     return path
 
 
-def shard_order(n_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """The order the tar shards are read in ``epoch``: a permutation drawn from (seed, epoch), the
-    same on every rank, so DALI's split of the sample list across ranks stays disjoint (the order
-    ``loaders.shard_order.ShardPlan`` reads them in for the other backends)."""
-    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n_shards)
-
-
 def shuffle_buffer(split, batch_size: int, world: int) -> int:
     """Samples in DALI's shuffle buffer: SHUFFLE_BYTES of encoded images (by the packed sizes), at
     least a batch, at most a rank's share of the epoch (where the buffer holds a rank's
@@ -162,7 +156,7 @@ class DaliLoader:
         common = dict(batch_size=self.batch_size, num_threads=self.workers, seed=epoch_seed(self.seed, epoch),
                       device_id=(self.device.index or 0) if cuda else None, prefetch_queue_depth=2)
         if self.sharded:
-            order = shard_order(len(self.tars), self.seed, epoch)
+            order = shard_permutation(len(self.tars), self.seed, epoch)  # the other backends' order
             pipe = pipeline_def(_shard_pipeline)(
                 [self.tars[k] for k in order], [self.idxs[k] for k in order], self.groups, self.rank, self.world,
                 self.device.type, epoch_seed(self.seed, epoch), self.initial_fill, **common)

@@ -27,6 +27,11 @@ from loaders.shards import ShardedSplit, ShardError, iter_span
 SHUFFLE_BUFFER = 1024  # samples per piece: ~110 MB of ImageNet JPEGs held per worker
 
 
+def shard_permutation(n_shards: int, seed: int, epoch: int) -> np.ndarray:
+    """The order an epoch reads the shards in, on every rank and with every backend."""
+    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n_shards)
+
+
 def buffer_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
     """The order in which a shuffle buffer of ``buffer`` items emits positions 0..n-1 read in order:
     output position t was read at input position < t + buffer."""
@@ -67,7 +72,7 @@ class ShardPlan:
         return self._pieces
 
     def _piece(self, epoch: int, worker: int) -> Piece:
-        shard_order = np.random.default_rng([self.seed, epoch, 0x5A4D]).permutation(len(self.counts))
+        shard_order = shard_permutation(len(self.counts), self.seed, epoch)
         begin = (self.rank * self.streams + worker) * self.length
         end = begin + self.length
         segments, at = [], 0
