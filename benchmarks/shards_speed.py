@@ -1,6 +1,7 @@
 """Views-ready images/s of every loader from a folder and from the same images packed into shards,
-side by side in one run: each round measures, per loader, the folder then the shards, and the
-ratio shards / folder is taken within a round (the machine's mood is shared there).
+side by side in one run: each round measures, per loader, the folder and the shards one after the
+other (which goes first alternates by round), and the ratio shards / folder is taken within a
+round, where the machine's mood is shared; the table gives its median and its range over rounds.
 
 Usage: python -m benchmarks.shards_speed --data DIR [--shards DIR] [--repeat N] [--work DIR]
        [--shard-size 16M] [--backends pil nvjpeg dali ffcv] [--recipe sslight_cnn]
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> Table:
     torch.set_num_threads(default_main_threads(args.workers))
     start = time.perf_counter()
     try:
-        rounds = [{(b, s): measure(b, s) for b in backends for s in SIDES} for _ in range(args.rounds)]
+        # the side measured first alternates from round to round: a drift of the machine's load
+        # within a round then favours neither
+        rounds = [{(b, s): measure(b, s) for b in backends for s in (SIDES if r % 2 == 0 else SIDES[::-1])}
+                  for r in range(args.rounds)]
     finally:
         torch.set_num_threads(previous_threads)
     minutes = (time.perf_counter() - start) / 60
@@ -134,13 +138,14 @@ def main(argv: list[str] | None = None) -> Table:
                   f"{groups[1].n}x{groups[1].size}, batch {args.batch}, {args.workers} worker(s), {device.type}; "
                   f"{len(splits['folder'])} images in {folder}, {len(splits['shards'])} in {n_shards} shards in "
                   f"{shards}; medians of {args.rounds} rounds of {args.batches} batches ({minutes:.1f} min)",
-                  ["loader", "data", "images/s", "views/s", "shards / folder", "note"])
+                  ["loader", "data", "images/s", "views/s", "shards / folder", "rounds' range", "note"])
     for b in backends:
         for s in SIDES:
             ips = median([r[b, s] for r in rounds])
-            ratio = median([r[b, s] / r[b, "folder"] for r in rounds
-                            if r[b, s] is not None and r[b, "folder"] is not None])
-            table.add(b, s, ips, None if ips is None else ips * n_views, ratio, failed.get((b, s), ""))
+            ratios = [r[b, s] / r[b, "folder"] for r in rounds if r[b, s] is not None and r[b, "folder"] is not None]
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios and s != "folder" else ""
+            table.add(b, s, ips, None if ips is None else ips * n_views, median(ratios), spread,
+                      failed.get((b, s), ""))
     return table.emit(args.csv)
 
 

@@ -151,7 +151,7 @@ def test_shards_speed_dry_run_measures_both_sides(cifar_small, tmp_path):
                                "--workers", "0"])
     assert [(r[0], r[1]) for r in table.rows] == [("pil", "folder"), ("pil", "shards"),
                                                   ("nvjpeg", "folder"), ("nvjpeg", "shards")]
-    for loader, side, ips, views, ratio, note in table.rows:
+    for loader, side, ips, views, ratio, spread, note in table.rows:
         assert ips > 0 and views == ips * 8 and note == "", (loader, side, note)
-        assert ratio == 1.0 if side == "folder" else ratio > 0
+        assert (ratio, spread) == (1.0, "") if side == "folder" else ratio > 0 and spread == f"{ratio:.2f}-{ratio:.2f}"
     assert len(list(tmp_path.glob("*-shards/index.json"))) == 1  # packed into --work
