@@ -53,6 +53,7 @@ DEFAULT_SHARD_BYTES = 256 << 20
 MIN_SHARD_BYTES = 4 << 10
 BLOCK = 512
 END = 2 * BLOCK  # a tar ends with two zero blocks
+WRITE_BUFFER = 16 << 20
 IDX_VERSION = "v1.2"  # DALI's wds2idx index format
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
          "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
@@ -204,11 +205,30 @@ def padded(n: int) -> int:
     return -(-n // BLOCK) * BLOCK
 
 
-def member_header(name: str, size: int) -> bytes:
+def tarfile_header(name: str, size: int) -> bytes:
+    """A member's ustar header as ``tarfile`` writes it: mode 644, owner 0, mtime 0 (so a pack's
+    bytes depend on its source and options alone)."""
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime, info.type = size, 0o644, 0, tarfile.REGTYPE
     info.uname = info.gname = ""
     return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
+HEADER = tarfile_header("", 0)  # the fields every member shares; the name, size and checksum change
+HEADER_SUM = sum(HEADER[:148]) + sum(HEADER[156:]) + 8 * 32  # the checksum counts its own field as spaces
+
+
+def member_header(name: str, size: int) -> bytes:
+    """:func:`tarfile_header`, about 20 times faster (the packer writes three per image)."""
+    raw_name, raw_size = name.encode(), b"%011o\0" % size
+    if len(raw_name) > 100 or len(raw_size) > 12:
+        return tarfile_header(name, size)
+    header = bytearray(HEADER)
+    header[:len(raw_name)] = raw_name
+    header[124:136] = raw_size
+    checksum = HEADER_SUM + sum(raw_name) + sum(raw_size) - sum(HEADER[124:136])
+    header[148:155] = b"%06o\0" % checksum
+    return bytes(header)
 
 
 def sample_members(index: int, item: Item) -> list[tuple[str, str, bytes]]:
@@ -229,7 +249,7 @@ class ShardWriter:
         self.folder, self.number, self.first = folder, number, first
         self.name = f"{number:06d}"
         self.tmp = folder / f".{self.name}.tar.tmp-{os.getpid()}"
-        self.file = open(self.tmp, "wb")
+        self.file = open(self.tmp, "wb", buffering=WRITE_BUFFER)
         self.offset = 0
         self.offsets: list[int] = []
         self.sizes: list[int] = []
@@ -246,18 +266,19 @@ class ShardWriter:
         return not self.samples or self.offset + sample_bytes(item) + END <= limit
 
     def add(self, index: int, item: Item) -> None:
-        parts = []
+        parts, chunks = [], []
         for ext, name, data in sample_members(index, item):
             header = member_header(name, len(data))
-            self.file.write(header)
             self.offset += len(header)
             parts.append(f"{ext} {self.offset} {len(data)} {name}")
             if ext == item.ext:
                 self.offsets.append(self.offset)
                 self.sizes.append(len(data))
-            self.file.write(data)
-            self.file.write(b"\0" * (padded(len(data)) - len(data)))
+            chunks += [header, data, b"\0" * (padded(len(data)) - len(data))]
             self.offset += padded(len(data))
+        # one write per sample into a large buffer: each flush lets the reading threads take the GIL,
+        # and getting it back costs the writer up to a switch interval
+        self.file.write(b"".join(chunks))
         self.idx_lines.append(" ".join(parts))
         self.labels.append(item.label)
         self.widths.append(item.width)
@@ -339,6 +360,9 @@ class Destination:
 
     def __init__(self, dst: str, source: Source):
         self.arg = dst
+        if not dst or "://" in str(dst):
+            raise DataError(f"DST={dst}: allowed: a local folder (new or empty, or one a pack was writing); serve it "
+                            "over HTTP once it is packed")
         self.root = Path(dst).expanduser().absolute()
         self.state = self.root / STATE
         self.source = source
@@ -511,7 +535,7 @@ def default_workers() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(4, min(32, 4 * cores))
+    return max(4, min(32, 2 * cores))
 
 
 def pack(src: str, dst: str, shard_bytes: int = DEFAULT_SHARD_BYTES, reencode: int | None = None,

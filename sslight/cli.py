@@ -170,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
                       "256MB")
     pack.add_argument("--reencode", default="", metavar="Q", help="every image re-encoded as a JPEG of quality Q "
                       "(1-100); default: JPEG bytes as they are, other images as lossless PNG")
-    pack.add_argument("--workers", default="", help="threads reading and checking the files; default 4 per core")
+    pack.add_argument("--workers", default="", help="threads reading and checking the files; default 2 per core, at least 4")
     return p
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from rich.console import Console
 
 from loaders.datasets import DataError, discover
-from loaders.pack import INDEX, STATE, Bar, pack, parse_size, report
+from loaders.pack import INDEX, STATE, Bar, member_header, pack, parse_size, report, tarfile_header
 from sslight.cli import main
 from tests.test_hostile_data import BAD, salted  # noqa: F401 (the hostile folder, a fixture)
 
@@ -368,6 +368,12 @@ def test_off_a_terminal_the_progress_is_a_line_per_tenth(folder, tmp_path):
     lines = said.getvalue().splitlines()
     assert "\r" not in said.getvalue() and 5 <= len(lines) <= 10
     assert all(line.startswith("packed ") and "images/s, ETA " in line for line in lines)
+
+
+@pytest.mark.parametrize("name, size", [("00000000.jpg", 924), ("12345678.index", 8), ("x" * 100, 0),
+                                        ("00000001.png", 8 ** 11 - 1)])
+def test_the_fast_tar_header_is_tarfiles(name, size):
+    assert member_header(name, size) == tarfile_header(name, size)
 
 
 def test_parse_size():
