@@ -252,6 +252,27 @@ def test_a_killed_pack_resumes_to_the_same_bytes(folder, tmp_path):
     assert tree_bytes(cut) == tree_bytes(whole)
 
 
+def test_ctrl_c_is_one_line_and_the_same_command_goes_on(folder, tmp_path, capsys, monkeypatch):
+    import loaders.pack as packer
+
+    read_item = packer.read_item
+
+    def interrupted(position, path, label, quality):
+        if path.endswith("d2.jpg"):
+            raise KeyboardInterrupt  # as Ctrl-C reaches the writer waiting on this file
+        return read_item(position, path, label, quality)
+
+    monkeypatch.setattr(packer, "read_item", interrupted)
+    dst = tmp_path / "shards"
+    code, out, err = cli(capsys, folder, dst, "--shard-size", "8KB")
+    assert code == 130 and len(err.strip().splitlines()) == 1
+    assert f"pack stopped; its complete shards are kept in {dst}" in err
+    monkeypatch.setattr(packer, "read_item", read_item)
+    code, out, err = cli(capsys, folder, dst, "--shard-size", "8KB")
+    assert code == 0 and "kept from the interrupted pack" in out
+    check_pack(dst, folder)
+
+
 def cli(capsys, *argv) -> tuple[int, str, str]:
     code = main(["pack", *map(str, argv)])
     out, err = capsys.readouterr()
