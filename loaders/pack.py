@@ -322,7 +322,7 @@ class Source:
 
 def resolve_source(src: str) -> Path:
     if str(src).lower() in CIFAR_NAMES:
-        return prepare_cifar10()
+        return prepare_cifar10().resolve()
     path = Path(src).expanduser()
     if not path.is_dir():
         raise DataError(f"SRC={src}: no such folder; allowed: a folder with train/ (and val/ or test/), an "
