@@ -439,6 +439,7 @@ class Packed:
     images: int = 0  # read in this run
     resumed: int = 0  # samples kept from an interrupted pack
     already: bool = False
+    rate: float = 0.0  # images/s while reading and writing (listing the source and preparing CIFAR-10 apart)
 
 
 def stats(values: list[int]) -> list[int]:
@@ -559,6 +560,7 @@ def pack(src: str, dst: str, shard_bytes: int = DEFAULT_SHARD_BYTES, reencode: i
     resumed = sum(r["samples"] for records in kept.values() for r in records)
     progress = progress or Quiet()
     progress.start(source.files, done)
+    reading = time.monotonic()
     read = 0
     try:
         for name, split in source.splits:
@@ -569,7 +571,8 @@ def pack(src: str, dst: str, shard_bytes: int = DEFAULT_SHARD_BYTES, reencode: i
     fsync_write(dest.root / INDEX, json.dumps(index, separators=(",", ":")).encode())
     fsync_dir(dest.root)
     shutil.rmtree(dest.state, ignore_errors=True)
-    return Packed(index, dest.root, time.monotonic() - started, read, resumed)
+    now = time.monotonic()
+    return Packed(index, dest.root, now - started, read, resumed, rate=read / max(now - reading, 1e-9))
 
 
 # ---------------------------------------------------------------------------------------------- showing it
@@ -635,9 +638,8 @@ def report(packed: Packed) -> list[str]:
     if packed.already:
         lines = [f"{where}: already packed from {index['source']['path']} ({total} images); nothing to do"]
     else:
-        rate = packed.images / packed.seconds if packed.seconds else 0.0
         lines = [f"packed {index['source']['path']} into {where}: {total} images in {packed.seconds:.0f} s "
-                 f"({rate:,.0f} images/s)" + (f"; {packed.resumed} kept from the interrupted pack"
+                 f"({packed.rate:,.0f} images/s)" + (f"; {packed.resumed} kept from the interrupted pack"
                                               if packed.resumed else "")]
     for name, split in index["splits"].items():
         size = split["image_size"]
