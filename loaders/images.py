@@ -1,4 +1,4 @@
-"""Image helpers every backend and the evaluation share: any file PIL reads, as RGB, and an
+"""Image helpers every backend and the evaluation share: any file PIL reads, as 8-bit RGB, and an
 image's size from its header without decoding it."""
 
 from __future__ import annotations
@@ -17,9 +17,25 @@ JPEG_UNSIZED = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM and RSTn: markers wi
 JPEG_NO_FRAME = frozenset([0xDA, 0xD9])  # start of scan, end of image: no frame header past them
 
 
-def open_rgb(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")  # greyscale, CMYK, palette and RGBA all become RGB
+SIXTEEN_BIT = frozenset(["I;16", "I;16L", "I;16B", "I;16N"])
+
+
+def open_rgb(source) -> Image.Image:
+    """The image in ``source`` (a path, or the file's bytes) as 8-bit RGB."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    with Image.open(source) as im:
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB: greyscale, CMYK, palette and alpha as PIL converts them; 16-bit greyscale
+    scaled by its high byte (PIL's own conversion clips it at 255, a white image), as PIL reads
+    16-bit colour PNGs and as the nvjpeg backend scales torchvision's 16-bit decode. Modes with
+    no defined 8-bit scale (I, F) are excluded by the screening (loaders/scan.py)."""
+    if im.mode in SIXTEEN_BIT:
+        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8))
+    return im.convert("RGB")
 
 
 def to_uint8_chw(im: Image.Image) -> torch.Tensor:
