@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=1, help="make train's data.workers=auto on 2 cores")
     p.add_argument("--shard-size", default="", help="passed to sslight pack as --shard-size")
+    p.add_argument("--rounds", type=int, default=1, help="each round starts every loader on every side twice")
     p.add_argument("--drop-caches", action="store_true", help="drop the kernel's caches before each first start")
     p.add_argument("--csv", default="")
     p.add_argument("--warm-imports", action="store_true",
@@ -187,26 +188,28 @@ def main(argv: list[str] | None = None):
                   f"recipe {args.recipe}, batch {args.batch}, {args.workers} worker(s); seconds from before the "
                   "spawn of a fresh python process to the end of each phase; 'data': from the end of the "
                   "imports (the same on both sides) to the first batch",
-                  ["loader", "start", "data", "caches", *PHASES, "data s", "x folder", "x folder, data"])
+                  ["round", "loader", "start", "data", "caches", *PHASES, "data s", "x folder", "x folder, data"])
     rows = []
-    for loader in args.loaders:
-        for side in args.sides:  # the folder and the shards side by side, each a first then a second start
-            data_dir = Path(tempfile.mkdtemp(prefix="sslight-data-"))
-            try:
-                caches = drop_caches() if args.drop_caches else "warm (not dropped)"
-                if args.warm_imports:
-                    subprocess.run([sys.executable, "-c", CHILD_IMPORTS], cwd=ROOT, check=True)
-                    caches += ", then the imports warmed"
-                first = start(paths[side], loader, data_dir, args)
-                second = start(paths[side], loader, data_dir, args)
-            finally:
-                shutil.rmtree(data_dir, ignore_errors=True)
-            for which, result, state in (("first", first, f"empty SSLIGHT_DATA, page cache {caches}"),
-                                         ("second", second, "warm")):
-                seconds = [result["seconds"][k] for k in PHASES]
-                rows.append([loader, which, side, state, *seconds, seconds[-1] - seconds[0]])
-    for row in rows:  # the folder's seconds over this row's, for the same loader and start
-        folder = next((r for r in rows if r[:2] == row[:2] and r[2] == "folder"), None)
+    for r in range(args.rounds):
+        for loader in args.loaders:  # the folder and the shards side by side (which goes first alternates
+            for side in args.sides if r % 2 == 0 else args.sides[::-1]:  # by round), a first then a second start
+                data_dir = Path(tempfile.mkdtemp(prefix="sslight-data-"))
+                try:
+                    caches = drop_caches() if args.drop_caches else "warm (not dropped)"
+                    if args.warm_imports:
+                        subprocess.run([sys.executable, "-c", CHILD_IMPORTS], cwd=ROOT, check=True)
+                        caches += ", then the imports warmed"
+                    first = start(paths[side], loader, data_dir, args)
+                    second = start(paths[side], loader, data_dir, args)
+                finally:
+                    shutil.rmtree(data_dir, ignore_errors=True)
+                for which, result, state in (("first", first, f"empty SSLIGHT_DATA, page cache {caches}"),
+                                             ("second", second, "warm")):
+                    seconds = [result["seconds"][k] for k in PHASES]
+                    rows.append([r + 1, loader, which, side, state, *seconds, seconds[-1] - seconds[0]])
+    rows.sort(key=lambda row: (row[0], args.loaders.index(row[1]), row[2], args.sides.index(row[3])))
+    for row in rows:  # the folder's seconds over this row's, for the same round, loader and start
+        folder = next((f for f in rows if f[:3] == row[:3] and f[3] == "folder"), None)
         table.add(*row, folder[-2] / row[-2] if folder else None, folder[-1] / row[-1] if folder else None)
     return table.emit(args.csv)
 

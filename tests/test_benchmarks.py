@@ -116,13 +116,13 @@ def test_startup_dry_run_times_a_folder_and_its_shards(tmp_path):
 
     table = startup.main(["--cache", str(tmp_path), "--images", "24", "--classes", "3", "--batch", "8",
                           "--loaders", "pil"])
-    assert [(r[0], r[1], r[2]) for r in table.rows] == [("pil", "first", "folder"), ("pil", "second", "folder"),
-                                                        ("pil", "first", "shards"), ("pil", "second", "shards")]
+    assert [r[:4] for r in table.rows] == [(1, "pil", "first", "folder"), (1, "pil", "first", "shards"),
+                                           (1, "pil", "second", "folder"), (1, "pil", "second", "shards")]
     for row in table.rows:
-        phases = row[4:8]
+        phases = row[5:9]
         assert 0 < phases[0] <= phases[1] <= phases[2] <= phases[3] < 120
-        assert row[8] == pytest.approx(phases[3] - phases[0])
-    assert table.rows[0][-2:] == (1.0, 1.0) and table.rows[2][-2] > 0 and table.rows[2][-1] > 0
+        assert row[9] == pytest.approx(phases[3] - phases[0])
+    assert table.rows[0][-2:] == (1.0, 1.0) and table.rows[1][-2] > 0 and table.rows[1][-1] > 0
     assert (tmp_path / "24x3-seed0" / "shards" / "index.json").is_file()
 
 
