@@ -138,7 +138,15 @@ def discover(path: str | Path) -> Dataset:
         if test_dir is not None:
             test, test_classes = _folder_split(test_dir)
             if test_classes != classes:
-                raise DataError(f"data.path={str(path)!r}: classes of {test_dir.name}/ differ from train/")
+                def named(names: list[str], shown: int = 5) -> str:
+                    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+                    return ", ".join(names[:shown]) + more if names else "none"
+
+                only_train = sorted(set(classes) - set(test_classes))
+                only_test = sorted(set(test_classes) - set(classes))
+                raise DataError(f"data.path={str(path)!r}: the classes of train/ and {test_dir.name}/ differ "
+                                f"(only in train/: {named(only_train)}; only in {test_dir.name}/: {named(only_test)}); "
+                                f"allowed: the same class folders in both")
         dataset = Dataset(str(path), train, test, classes)
     else:
         train, classes = _folder_split(path)

@@ -118,15 +118,20 @@ class DecodeAndCut:
 
 
 def rgb(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 from a decoder's output: grey expanded, alpha dropped, 16-bit samples (a
+    16-bit PNG decodes to uint16) scaled by their high byte, as :func:`loaders.images.open_rgb` does."""
+    if image.dtype == torch.uint16:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)  # torch has no shift for uint16
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
 
 
 def decode_fallback(data: torch.Tensor, path: str) -> torch.Tensor:
-    """CPU decode of anything torchvision reads (PNG, CMYK JPEG...), PIL as the last resort."""
+    """CPU decode of anything torchvision reads (PNG, CMYK JPEG...), PIL as the last resort: from
+    the bytes (``path`` names the file for messages), so packed samples decode the same."""
     try:
         return rgb(decode_image(data, mode=ImageReadMode.RGB))
     except RuntimeError:
-        return to_uint8_chw(open_rgb(path))
+        return to_uint8_chw(open_rgb(data.numpy().tobytes()))
 
 
 def is_jpeg(data: torch.Tensor) -> bool:
