@@ -39,15 +39,17 @@ def missing(name: str) -> str | None:
 SMALL_IMAGES = 64  # px: CIFAR-sized images, where every loader runs far ahead of a CPU model
 
 
-def choose(cuda: bool, image_size: int | None) -> tuple[str, str]:
+def choose(cuda: bool, image_size: int | None, remote: bool = False) -> tuple[str, str]:
     """The backend ``data.loader=auto`` takes, and why: on CUDA the GPU decodes; on a CPU the
     installed backend measured fastest for views ready on data of this kind (BENCHMARKS.md,
     "Choosing a loader"), FFCV left out for its one-time conversion since the model bounds the
-    step there anyway."""
+    step there anyway; ``remote``: the data is a packed dataset at a URL."""
     if cuda:
         return "nvjpeg", "CUDA: nvJPEG decode and the multi-crop kernel on the GPU"
     if not image_size or image_size > SMALL_IMAGES:
         return "nvjpeg", "CPU, ImageNet-sized images: views ready about 2x DALI and 3x pil here"
+    if remote:
+        return "nvjpeg", f"CPU, {image_size} px images packed at a URL, which DALI does not read: the next fastest"
     if missing("dali"):
         return "nvjpeg", f"CPU, {image_size} px images, DALI not installed: the next fastest"
     return "dali", (f"CPU, {image_size} px images: DALI makes views 1.7x as fast as nvjpeg here, "

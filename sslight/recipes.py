@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from loaders.registry import BACKENDS, choose
+from loaders.shards import is_remote
 from sslight.config import AUTO, FIXED_CHOICES, Config, ConfigError, apply_overrides, as_overrides, get, \
     set_key, validate
 from sslight.methods import METHODS
@@ -195,7 +196,7 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
     t = cfg.train
     t.device = machine.device(t.device)
     if cfg.data.loader == AUTO:
-        cfg.data.loader = choose(t.device == "cuda", image_size)[0]
+        cfg.data.loader = choose(t.device == "cuda", image_size, is_remote(cfg.data.path))[0]
     if cfg.data.workers == AUTO:
         cfg.data.workers = machine.workers
     if t.precision == AUTO:
@@ -241,7 +242,7 @@ def auto_notes(request: Request, cfg: Config, machine: Machine, image_size: int 
     if request.cfg.train.precision == AUTO:
         notes.append(f"precision: {cfg.train.precision} (auto: {machine_precision(cfg, machine)[1]})")
     if request.cfg.data.loader == AUTO:
-        notes.append(f"loader: {cfg.data.loader} (auto: {choose(cfg.train.device == 'cuda', image_size)[1]})")
+        notes.append(f"loader: {cfg.data.loader} (auto: {choose(cfg.train.device == 'cuda', image_size, is_remote(cfg.data.path))[1]})")
     if request.cfg.data.workers == AUTO:
         notes.append(f"workers: {cfg.data.workers} (auto: {machine.cores} cores for {machine.local_processes} "
                      "process(es), one left to each main process)")
