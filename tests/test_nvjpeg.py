@@ -18,6 +18,7 @@ from loaders.datasets import DataError, Split
 from loaders.geometry import view_params
 from loaders.images import image_size, jpeg_size
 from loaders.nvjpeg import DecodeAndCut, FileBytes, NvjpegLoader, collate_bytes, decode_batch, decode_jpeg_cpu
+from loaders.source import FileReader
 
 GROUPS = [ViewGroup(2, 32, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(6, 18, (0.05, 0.3), (3 / 4, 4 / 3))]
 
@@ -158,7 +159,8 @@ def test_jpeg_size_reads_the_frame_header():
 
 
 def test_workers_ship_each_images_size_and_the_boxes_drawn_for_it(mixed_files):
-    dataset = FileBytes(Split(mixed_files, [0, 1, 2, 3]), GROUPS, seed=7)
+    split = Split(mixed_files, [0, 1, 2, 3])
+    dataset = FileBytes(split, GROUPS, seed=7, reader=FileReader(split))
     batch = collate_bytes([dataset[(3, i)] for i in range(4)])
     assert batch.boxes.shape == (4, 2 + 6, 5) and batch.boxes.dtype == torch.int64 and batch.epoch == 3
     for i, path in enumerate(mixed_files):
@@ -202,7 +204,7 @@ def test_the_process_that_trains_draws_no_boxes(mixed_files, monkeypatch):
 
 def test_a_decode_of_another_size_than_the_header_is_refused(mixed_files):
     split = Split(mixed_files, [0, 1, 2, 3])
-    batch = collate_bytes([FileBytes(split, GROUPS, 0)[(0, i)] for i in range(4)])
+    batch = collate_bytes([FileBytes(split, GROUPS, 0, FileReader(split))[(0, i)] for i in range(4)])
     wrong = batch._replace(sizes=batch.sizes + torch.tensor([[0, 0], [0, 0], [1, 0], [0, 0]]))
     with pytest.raises(DataError, match=r"2\.jpg: decoded to 60x100 pixels, its header says 61x100"):
         DecodeAndCut(split, GROUPS, torch.device("cpu")).views(wrong)
