@@ -42,7 +42,7 @@ from typing import Callable
 
 from PIL import Image
 
-from loaders import scan
+from loaders.scan import files_key, screen
 from loaders.datasets import EVAL_SPLITS, DataError, Split, discover, prepare_cifar10
 from loaders.images import JPEG_MAGIC, image_size, open_rgb
 
@@ -113,12 +113,6 @@ class Item:
     reason: str | None = None
 
 
-def screened(data: bytes, path: str) -> str | None:
-    """The one screening every backend applies, on the bytes already read."""
-    screen = getattr(scan, "screen", None)
-    return screen(data) if screen is not None else scan.problem(path)
-
-
 def encoded(im: Image.Image, fmt: str, quality: int | None) -> bytes:
     out = io.BytesIO()
     if fmt == "JPEG":
@@ -129,7 +123,8 @@ def encoded(im: Image.Image, fmt: str, quality: int | None) -> bytes:
 
 
 def read_item(position: int, path: str, label: int, quality: int | None) -> Item:
-    """Read, screen, measure and (where needed) convert one file; runs in the reading threads."""
+    """Read, screen, measure and (where needed) convert one file; runs in the reading threads. The
+    image is converted by :func:`loaders.images.open_rgb`, as the loaders convert it."""
     item = Item(position, path, label)
     try:
         with open(path, "rb") as f:
@@ -137,7 +132,7 @@ def read_item(position: int, path: str, label: int, quality: int | None) -> Item
     except OSError as exc:
         item.reason = f"not readable ({type(exc).__name__})"
         return item
-    item.reason = screened(data, path)
+    item.reason = screen(data)  # the one screening every backend applies, on the bytes already read
     if item.reason:
         return item
     try:
@@ -145,7 +140,7 @@ def read_item(position: int, path: str, label: int, quality: int | None) -> Item
         if quality is None and data[:2] == JPEG_MAGIC:
             item.data, item.ext = data, "jpg"
         else:
-            im = open_rgb(io.BytesIO(data))
+            im = open_rgb(data)
             item.data, item.ext = (encoded(im, "JPEG", quality), "jpg") if quality else (encoded(im, "PNG", None),
                                                                                          "png")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -333,7 +328,7 @@ def resolve_source(src: str) -> Path:
 def source_key(splits: list[tuple[str, Split]], options: dict) -> str:
     h = hashlib.sha1(json.dumps(options, sort_keys=True).encode())
     for name, split in splits:
-        h.update(f"{name}\0{scan.files_key(split.files)}\n".encode())
+        h.update(f"{name}\0{files_key(split.files)}\n".encode())
     return h.hexdigest()
 
 
