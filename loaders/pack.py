@@ -6,8 +6,8 @@ flat folder of images or CIFAR-10 into::
     DST/index.json                              written last, atomically ("complete": true)
     DST/<split>/000000.tar  DST/<split>/000000.idx   ...
 
-Per sample, in the order :func:`loaders.datasets.discover` lists the files (unusable ones left
-out, the rest numbered 0..N-1 per split), the members ``<key>.jpg`` (JPEG bytes as they are) or
+Per sample, in a fixed random order of the files :func:`loaders.datasets.discover` lists
+(so that a shard mixes the classes; unusable files left out, the rest numbered 0..N-1 per split), the members ``<key>.jpg`` (JPEG bytes as they are) or
 ``<key>.png`` (any other image as 8-bit RGB), ``<key>.cls`` (the label in ASCII, -1 when
 unlabelled) and ``<key>.index`` (the sample's number, 8 bytes little-endian: DALI reads it as
 INT64); ``--reencode Q`` makes every image a JPEG of quality Q. ``NNNNNN.idx`` is DALI's
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 from loaders.scan import files_key, screen
@@ -49,6 +50,7 @@ from loaders.images import JPEG_MAGIC, image_size, open_rgb
 FORMAT, VERSION = "sslight-shards", 1
 INDEX = "index.json"
 STATE = ".pack"  # records of the complete shards of a pack not yet finished
+PACK_ORDER_SEED = 0x9AC4  # the samples' order in a pack: fixed, so a resumed pack continues the same one
 DEFAULT_SHARD_BYTES = 256 << 20
 MIN_SHARD_BYTES = 4 << 10
 BLOCK = 512
@@ -332,16 +334,23 @@ def source_key(splits: list[tuple[str, Split]], options: dict) -> str:
     return h.hexdigest()
 
 
+def shuffled(split: Split) -> Split:
+    """The split in a fixed random order: an ImageFolder lists class after class, and a reader's
+    bounded shuffle buffer (the loaders', DALI's) would then fill a batch from one class or two."""
+    order = np.random.default_rng(PACK_ORDER_SEED).permutation(len(split))
+    return Split([split.files[i] for i in order], [split.labels[i] for i in order])
+
+
 def read_source(src: str, options: dict) -> Source:
     root = resolve_source(src)
     try:
         dataset = discover(root)
     except DataError as exc:
         raise DataError(str(exc).replace(f"data.path={str(root)!r}", f"SRC={src or root}")) from None
-    splits = [("train", dataset.train)]
+    splits = [("train", shuffled(dataset.train))]
     if dataset.test is not None:
         present = {d.name.lower() for d in root.iterdir() if d.is_dir()}
-        splits.append((next(s for s in EVAL_SPLITS if s in present), dataset.test))
+        splits.append((next(s for s in EVAL_SPLITS if s in present), shuffled(dataset.test)))
     return Source(root, splits, dataset.classes, source_key(splits, options), options)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from rich.console import Console
 
 from loaders.datasets import DataError, discover
-from loaders.pack import INDEX, STATE, Bar, member_header, pack, parse_size, report, tarfile_header
+from loaders.pack import INDEX, STATE, Bar, member_header, pack, parse_size, report, shuffled, tarfile_header
 from sslight.cli import main
 from tests.test_hostile_data import BAD, salted  # noqa: F401 (the hostile folder, a fixture)
 
@@ -69,7 +69,9 @@ def check_pack(dst: Path, src: Path) -> dict:
     assert index["format"] == "sslight-shards" and index["version"] == 1 and index["complete"] is True
     dataset = discover(src)
     assert index["classes"] == dataset.classes
-    splits = [("train", dataset.train)] + ([(s, dataset.test) for s in index["splits"] if s != "train"])
+    # in the packer's fixed random order of the listed files
+    splits = [("train", shuffled(dataset.train))] + ([(s, shuffled(dataset.test)) for s in index["splits"]
+                                                      if s != "train"])
     for name, split in splits:
         kept = [(f, label) for f, label in zip(split.files, split.labels)
                 if os.path.relpath(f, src) not in index["excluded"]]

@@ -241,3 +241,12 @@ def test_a_pack_on_cuda_gives_the_cpu_batches(cifar_packed, overlap):
         assert b.views[0].is_cuda and torch.equal(a.indices, b.indices.cpu())
         for va, vb in zip(a.views, b.views):
             assert (va.float() - vb.cpu().float()).abs().mean() < 2.0
+
+
+def test_a_class_sorted_folder_packs_into_batches_of_many_classes(cifar_packed):
+    """An ImageFolder lists class after class; the pack stores a fixed random order, so a batch
+    from a bounded shuffle buffer still mixes the classes."""
+    dataset = load_dataset(str(cifar_packed))
+    loader = build_loader("pil", dataset.train, GROUPS, 16, 0, torch.device("cpu"), 0)
+    for batch in loader.epoch(0):
+        assert len(set(batch.labels.tolist())) >= 5
