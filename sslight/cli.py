@@ -35,7 +35,8 @@ HELP_CHOICES = {
 }
 FLAG_NOTES = {
     "schedule": "short: 60,000 images, kNN at the start and the end (the CPU learning check)",
-    "data": 'a folder of images (with train/ and val/ or test/ for kNN) or an archive; "" = CIFAR-10',
+    "data": 'a folder of images (with train/ and val/ or test/ for kNN), a packed dataset (sslight pack) or its '
+            'http(s) URL; "" = CIFAR-10',
     "out": "the run folder; auto = runs/<model>_<method>_<recipe>[_<schedule>][_<data>][_seed<N>]",
     "resume": '"" = start fresh, auto = the newest checkpoint in the run folder, or a ckpt-*.pt file',
     "steps": "stop after N optimiser steps (a smoke run); 0 = all epochs",

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    path: str = ""  # "" = CIFAR-10 prepared in $SSLIGHT_DATA
+    path: str = ""  # a folder, a packed dataset (sslight pack) or its URL; "" = CIFAR-10 prepared in $SSLIGHT_DATA
     loader: str = AUTO  # auto = the backend measured fastest here for data of this kind (loaders.registry.choose)
     workers: int | str = AUTO  # auto = this process's share of the cores, one left to the main process
     overlap: bool = True  # a loader that decodes in the training process (nvjpeg on CUDA) runs a batch ahead in a thread
