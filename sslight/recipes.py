@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,12 +221,15 @@ def resolve(request: Request, machine: Machine, image_size: int | None = None) -
 
 def default_out(cfg: Config) -> str:
     """``runs/<model>_<method>_<recipe>``, and what else sets two runs of default folders apart: a
-    schedule other than full, a dataset other than CIFAR-10 (its folder's name), a seed other than 0;
+    schedule other than full, a dataset other than CIFAR-10 (its folder's or URL's name), a seed other than 0;
     so the quick start's short run and the full run it leads to do not meet in one folder."""
     parts = [cfg.model.name, cfg.method, cfg.recipe]
     if cfg.schedule != "full":
         parts.append(cfg.schedule)
-    if cfg.data.path:
+    if is_remote(cfg.data.path):  # a packed dataset's URL: its last path part, else its host
+        url = urllib.parse.urlsplit(cfg.data.path)
+        parts.append(re.sub(r"[^\w.-]+", "-", url.path.rstrip("/").rsplit("/", 1)[-1] or url.hostname or "data"))
+    elif cfg.data.path:
         parts.append(Path(cfg.data.path).resolve().name)
     if cfg.train.seed:
         parts.append(f"seed{cfg.train.seed}")

@@ -269,6 +269,8 @@ def test_auto_precision_follows_the_cpus_native_bf16_and_the_backbone_and_says_w
     (["model.name=r18", "schedule=short"], "runs/r18_dino_sslight_short"),
     (["method=swav", "recipe=baseline", "train.seed=2"], "runs/mnv2_swav_baseline_seed2"),
     (["data.path=/data/flowers/"], "runs/mnv2_dino_sslight_flowers"),
+    (["data.path=https://host:8080/packs/imagenet/"], "runs/mnv2_dino_sslight_imagenet"),
+    (["data.path=http://127.0.0.1:8000/"], "runs/mnv2_dino_sslight_127.0.0.1"),
     (["train.out=elsewhere", "schedule=short"], "elsewhere"),
 ])
 def test_the_default_out_sets_apart_runs_that_differ_in_schedule_data_or_seed(overrides, out):
