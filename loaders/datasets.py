@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from loaders.errors import DataError
 from loaders.scan import scan
-from loaders.shards import ShardError, common_size, is_sharded, load_index, load_split
+from loaders.shards import common_size, is_sharded, load_index, load_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 TRAIN_SPLITS = ("train",)
@@ -26,10 +27,6 @@ CIFAR_SIZE = 32
 # torchvision's CIFAR-10 source; fetched here, as torchvision's own download draws a tqdm bar whose
 # carriage-return frames fill a batch job's log
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
-
-class DataError(ValueError):
-    """Data that cannot be used: the message is one line saying what and how to fix it."""
 
 
 @dataclass
@@ -181,20 +178,13 @@ def probe_image_size(path: str) -> int | None:
     if not path:
         return CIFAR_SIZE
     if is_sharded(path):
-        return common_size(_index(path)[0])
+        return common_size(load_index(path)[0])
     return common_image_size(discover(path).train)
-
-
-def _index(path: str) -> tuple[dict, str]:
-    try:
-        return load_index(path)
-    except ShardError as exc:
-        raise DataError(str(exc)) from None
 
 
 def load_packed(path: str) -> Dataset:
     """The packed dataset at ``path`` (a folder or an http(s) URL): its index alone, no image listed."""
-    index, digest = _index(path)
+    index, digest = load_index(path)
     splits = index["splits"]
     if "train" not in splits:
         raise DataError(f"data.path={path!r}: the pack has no train split (it has {', '.join(splits)})")

@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from loaders.errors import DataError
+
 INDEX = "index.json"
 FORMAT = "sslight-shards"
 VERSION = 1
@@ -38,7 +40,7 @@ TIMEOUT = 60  # s a remote read may stall before it counts as failed
 CHUNK = 4 << 20  # bytes read at a time from a span
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A packed dataset that cannot be used: one line saying what and how to fix it."""
 
 
