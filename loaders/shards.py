@@ -94,6 +94,7 @@ class ShardedSplit:
     shards: list[Shard]
     key: str  # identity for caches: the index's digest, the split and its size
     starts: np.ndarray = field(init=False)  # first sample index of each shard
+    unreadable: set[int] = field(default_factory=set, compare=False)  # shards given up on, in this process
 
     def __post_init__(self):
         self.starts = np.concatenate([[0], np.cumsum([len(s) for s in self.shards])]).astype(np.int64)
@@ -127,12 +128,19 @@ class ShardedSplit:
         """Sample ``index``'s image bytes, alone (random access: a pread or one Range request)."""
         s, j = self.locate(index)
         shard = self.shards[s]
+        if s in self.unreadable:
+            raise ShardError(f"{shard.tar}: unreadable")
         start, size = int(shard.offsets[j]), int(shard.sizes[j])
         for tries in range(RETRIES):
             try:
                 return read_range(shard.tar, start, size)
             except (OSError, http.client.HTTPException) as exc:
-                if not is_remote(shard.tar) or tries == RETRIES - 1:
+                if not is_remote(shard.tar):
+                    raise ShardError(f"{shard.tar}: sample {index} unreadable ({exc})") from None
+                if tries == RETRIES - 1:  # the shard's other samples fail at once from now on
+                    self.unreadable.add(s)
+                    print(f"warning: {shard.tar}: unreadable after {RETRIES} tries ({exc}); its samples are "
+                          "left out", file=sys.stderr, flush=True)
                     raise ShardError(f"{shard.tar}: sample {index} unreadable ({exc})") from None
                 time.sleep(BACKOFF * 2 ** tries)
         raise AssertionError("unreachable")

@@ -250,3 +250,19 @@ def test_a_class_sorted_folder_packs_into_batches_of_many_classes(cifar_packed):
     loader = build_loader("pil", dataset.train, GROUPS, 16, 0, torch.device("cpu"), 0)
     for batch in loader.epoch(0):
         assert len(set(batch.labels.tolist())) >= 5
+
+
+def test_evaluation_leaves_out_an_unreadable_shard_with_one_warning(cifar_packed, serve, capfd, monkeypatch):
+    from sslight.eval.features import extract
+
+    monkeypatch.setattr("loaders.shards.BACKOFF", 0.01)
+    dataset = load_dataset(serve(cifar_packed, broken={"000001.tar"}))
+    test = dataset.test
+    lost = len(test.shards[1])
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    feats, labels = extract(backbone, test, 32, torch.device("cpu"), torch.float32, 0, batch=16)
+    assert feats.shape == (len(test) - lost, 4)
+    kept = [i for i in range(len(test)) if test.locate(i)[0] != 1]
+    assert labels.tolist() == [test.labels[i] for i in kept]
+    err = capfd.readouterr().err
+    assert err.count("000001.tar: unreadable after 5 tries") == 1 and "its samples are left out" in err

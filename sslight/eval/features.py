@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from loaders.errors import DataError
 from loaders.images import open_rgb, to_uint8_chw
 from sslight.augment import IMAGENET_MEAN, IMAGENET_STD
 from sslight.checkpoint import save_atomic
@@ -37,7 +38,11 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        image = open_rgb(io.BytesIO(self.split.read(i)))
+        try:
+            data = self.split.read(i)
+        except DataError:  # a packed shard that stays unreadable over the network (said once, by the split)
+            return None
+        image = open_rgb(io.BytesIO(data))
         if image.size != (self.size, self.size):
             short = round(self.size * RESIZE_RATIO)
             scale = short / min(image.size)
@@ -48,6 +53,13 @@ class EvalImages(torch.utils.data.Dataset):
         if self.flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return to_uint8_chw(image), self.split.labels[i]
+
+    def collate(self, samples):
+        """The batch of the samples read: one of an unreadable shard is left out."""
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            return torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+        return torch.utils.data.default_collate(kept)
 
 
 def image_loader(dataset, batch_size: int, workers: int, **options) -> torch.utils.data.DataLoader:
@@ -91,22 +103,28 @@ def normalised(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def extract(backbone, split, size: int, device, dtype, workers: int, batch: int = 256, flip: bool = False):
-    """Backbone features (N, D) in float32 and labels (N,) for every image of ``split``.
+    """Backbone features (N, D) in float32 and labels (N,) for every image of ``split`` (but those of
+    a packed shard that stayed unreadable over the network, left out with a warning).
 
     Eager, also where training compiled the backbone (``nn.Module.compile``, in place): eval mode,
     no_grad and other batch sizes would each compile it again, counting towards dynamo's recompile
     limit, past which dynamo runs it eager."""
-    loader = image_loader(EvalImages(split, size, flip), batch, workers)
+    images = EvalImages(split, size, flip)
+    loader = image_loader(images, batch, workers, collate_fn=images.collate)
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
     with torch.compiler.set_stance("force_eager"):
-        for images, y in loader:
+        for pixels, y in loader:
             stop_point()
+            if not len(y):
+                continue
             with autocast(device, dtype):
-                feats.append(backbone(normalised(images, device)).float())
+                feats.append(backbone(normalised(pixels, device)).float())
             labels.append(y.to(device))
     backbone.train(was_training)
+    if not feats:
+        raise DataError(f"none of the {len(split)} images of the evaluation split could be read")
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -142,6 +160,8 @@ class FeatureCache:
             saved = torch.load(path, map_location=self.device)
             return saved["features"].float(), saved["labels"]
         feats, labels = extract(self.backbone, split, self.size, self.device, self.dtype, self.workers, flip=flip)
+        if len(labels) < len(split):  # samples of an unreadable shard left out: not for keeps
+            return feats, labels
         self.folder.mkdir(exist_ok=True)
         # stored in the forward's precision: bf16 outputs lose nothing, fp32 ones stay exact
         save_atomic(dict(features=feats.to(self.dtype).cpu(), labels=labels.cpu()), path)
