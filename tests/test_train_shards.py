@@ -34,6 +34,7 @@ from tests.conftest import TINY
 from tests.test_shards import RangeHandler
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_DALI = pytest.mark.skipif(not dali.available(), reason="dali not installed")
 SMALL = [*TINY, "views.n_local=2", "eval.bank_limit=40", "eval.query_limit=20"]
 
 
@@ -75,7 +76,7 @@ def ffcv_reads_packs() -> bool:
 @pytest.mark.parametrize("loader", [
     "pil",
     "nvjpeg",
-    pytest.param("dali", marks=pytest.mark.skipif(not dali.available(), reason="dali not installed")),
+    pytest.param("dali", marks=NO_DALI),
     # its numba compile and .beton: about 17 s
     pytest.param("ffcv", marks=[pytest.mark.slow, pytest.mark.skipif(
         not ffcv_reads_packs(), reason="ffcv not installed, or its backend does not read packed datasets yet")]),
@@ -106,7 +107,7 @@ def read_trace(trace: Path, rank: int) -> list[dict]:
 @pytest.mark.parametrize("loader", [
     "pil",
     # a second torchrun launch: about 12 s
-    pytest.param("dali", marks=[pytest.mark.slow, pytest.mark.skipif(not dali.available(), reason="dali not installed")]),
+    pytest.param("dali", marks=[pytest.mark.slow, NO_DALI]),
 ])
 def test_two_ranks_read_disjoint_samples_and_take_equal_steps(cifar_packed, tmp_path, loader):
     out, trace = tmp_path / "run", tmp_path / "trace"
@@ -237,9 +238,10 @@ def test_a_shard_that_stays_unreadable_over_http_does_not_stop_the_run(cifar_pac
     assert err.count("replaced by other samples") == 1
 
 
-@pytest.mark.xfail(strict=True, raises=ShardError, reason="bug: the kNN reads by random access (sslight/eval/features.py) "
-                   "and an unreadable shard ends the run with a ShardError traceback after training")
-def test_a_shard_that_stays_unreadable_over_http_does_not_stop_the_knn(cifar_packed, tmp_path, http_server, monkeypatch):
+@pytest.mark.xfail(strict=True, raises=ShardError, reason="bug: the kNN reads by random access "
+                   "(sslight/eval/features.py): an unreadable shard ends the run with a traceback after training")
+def test_a_shard_that_stays_unreadable_over_http_does_not_stop_the_knn(cifar_packed, tmp_path, http_server,
+                                                                       monkeypatch):
     monkeypatch.setattr("loaders.shards.BACKOFF", 0.01)
     server = http_server(cifar_packed, broken={"000001.tar"})  # in the kNN's bank (and its queries)
     first = len(load_dataset(str(cifar_packed)).train.shards[0])
