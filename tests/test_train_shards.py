@@ -34,6 +34,7 @@ from tests.test_shards import RangeHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_DALI = pytest.mark.skipif(not dali.available(), reason="dali not installed")
+NO_FFCV = pytest.mark.skipif(not ffcv.available(), reason="ffcv not installed")
 SMALL = [*TINY, "views.n_local=2", "eval.bank_limit=40", "eval.query_limit=20"]
 
 
@@ -64,12 +65,6 @@ def check_trained(records: list[dict], steps: int, knn: bool = True) -> None:
         assert 0 <= epoch["knn_top1"] <= 100
 
 
-def ffcv_reads_packs() -> bool:
-    """FFCV's backend writes its .beton from a packed split's shards where it knows them (it imports
-    ShardedSplit); where it does not yet, its case is skipped, not failed."""
-    return ffcv.available() and hasattr(ffcv, "ShardedSplit")
-
-
 # ---- 1: every loader, the kNN on the packed test split ----
 
 @pytest.mark.parametrize("loader", [
@@ -77,8 +72,7 @@ def ffcv_reads_packs() -> bool:
     "nvjpeg",
     pytest.param("dali", marks=NO_DALI),
     # its numba compile and .beton: about 17 s
-    pytest.param("ffcv", marks=[pytest.mark.slow, pytest.mark.skipif(
-        not ffcv_reads_packs(), reason="ffcv not installed, or its backend does not read packed datasets yet")]),
+    pytest.param("ffcv", marks=[pytest.mark.slow, NO_FFCV]),
 ])
 def test_a_pack_trains_with_every_loader(cifar_packed, tmp_path, loader, monkeypatch):
     monkeypatch.setenv("SSLIGHT_DATA", str(tmp_path / "cache"))  # FFCV's .beton, scans: private
