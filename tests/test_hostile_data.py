@@ -55,7 +55,7 @@ def test_problem_finds_exactly_the_bad_files(salted):
     assert found == BAD
 
 
-@pytest.mark.parametrize("loader", ["pil", "nvjpeg", optional("dali"), optional("ffcv"), "synthetic"])
+@pytest.mark.parametrize("loader", ["pil", "nvjpeg", optional("dali"), optional("ffcv", pytest.mark.slow), "synthetic"])
 def test_salted_dataset_trains_one_epoch(salted, tmp_path, loader, monkeypatch, capsys):
     monkeypatch.setenv("SSLIGHT_DATA", str(tmp_path / "cache"))
     out = tmp_path / "run"
