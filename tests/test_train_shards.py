@@ -285,3 +285,22 @@ def test_a_hostile_folder_packs_with_its_bad_files_listed(hostile_pack):
 def test_a_hostile_folder_packed_trains(hostile_pack, tmp_path, loader):
     records = train(tmp_path / "run", hostile_pack[0], "--loader", loader, "--epochs", "1", "--batch", "8")
     check_trained(records, 2)  # one whole epoch: 23 samples, 2 batches of 8
+
+
+@pytest.mark.slow  # three short runs: about 35 s
+def test_a_resume_with_another_worker_count_reads_the_rest_of_the_epoch_as_the_checkpoints_run(
+        cifar_packed, tmp_path, capsys):
+    """A pack's epoch is cut in one part per loader worker: resumed mid-epoch with 1 worker, a run
+    that started with 2 keeps reading with 2, and trains on the samples an uninterrupted run does."""
+    args = ("--loader", "pil", "--epochs", "1", "--batch", "16", "data.limit=96", "eval.every=0",
+            "eval.at_start=false")
+    whole = losses(train(tmp_path / "whole", cifar_packed, *args, "data.workers=2"))
+    assert list(whole) == list(range(1, 7))
+    parts = tmp_path / "parts"
+    train(parts, cifar_packed, *args, "data.workers=2", "--steps", "3")
+    capsys.readouterr()
+    resumed = losses(train(parts, cifar_packed, *args, "data.workers=1", "--resume", "auto"))
+    assert set(resumed) == set(whole)
+    for step in (4, 5, 6):
+        assert abs(resumed[step] - whole[step]) < 1e-5, (step, resumed[step], whole[step])
+    assert "data.workers=2, as in the run that wrote the checkpoint" in capsys.readouterr().err
