@@ -22,10 +22,11 @@ SMALL = [*TINY, "views.n_local=2", "eval.bank_limit=40", "eval.query_limit=20"]
 
 
 def torchrun(out: Path, trace: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SSLIGHT_TRACE_DIR=str(trace))
+    # one thread per process: two ranks on 2 cores, and OpenMP's spinning threads would thrash
+    env = dict(os.environ, SSLIGHT_TRACE_DIR=str(trace), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "sslight", "train", "--out", str(out), *SMALL, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def read_trace(trace: Path, rank: int) -> list[dict]:

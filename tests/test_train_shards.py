@@ -31,6 +31,7 @@ from sslight import checkpoint
 from sslight.cli import main
 from sslight.train.log import read
 from tests.conftest import TINY
+from tests.test_distributed import read_trace, torchrun
 from tests.test_shards import RangeHandler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,17 +86,6 @@ def test_a_pack_trains_with_every_loader(cifar_packed, tmp_path, loader, monkeyp
 
 
 # ---- 2: two processes (gloo) ----
-
-def torchrun(out: Path, trace: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SSLIGHT_TRACE_DIR=str(trace), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "sslight", "train", "--out", str(out), *SMALL, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def read_trace(trace: Path, rank: int) -> list[dict]:
-    return [json.loads(line) for line in (trace / f"rank{rank}.jsonl").read_text().splitlines()]
-
 
 @pytest.mark.parametrize("loader", [
     "pil",
