@@ -100,13 +100,16 @@ def main(argv: list[str] | None = None) -> Table:
             backends.append(backend)
     failed: dict[tuple[str, str], str] = {}  # (backend, side) -> why it gave no batches: not tried again
 
-    def measure(backend: str, side: str) -> float | None:
+    def measure(backend: str, side: str, round_: int) -> float | None:
         if (backend, side) in failed:
             return None
         split = splits[side]
         stream = None
         try:
-            stream = cycle_epochs(build_loader(backend, split, groups, args.batch, 0, device, args.workers).epoch,
+            loader = build_loader(backend, split, groups, args.batch, 0, device, args.workers)
+            # round r reads from epoch r on: each round times other images (their sizes, so their
+            # decode cost, vary), where epoch 0 in every round would keep one side's sample for all
+            stream = cycle_epochs(lambda epoch: loader.epoch(epoch + round_),
                                   f"{backend}, --batch {args.batch} with {len(split)} images")
             return rate(stream, args.batches, args.batch, warmup, augment)
         except Exception as exc:  # noqa: BLE001 - a loader that refuses this input is a row, not the end
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> Table:
     try:
         # the side measured first alternates from round to round: a drift of the machine's load
         # within a round then favours neither
-        rounds = [{(b, s): measure(b, s) for b in backends for s in (SIDES if r % 2 == 0 else SIDES[::-1])}
+        rounds = [{(b, s): measure(b, s, r) for b in backends for s in (SIDES if r % 2 == 0 else SIDES[::-1])}
                   for r in range(args.rounds)]
     finally:
         torch.set_num_threads(previous_threads)
