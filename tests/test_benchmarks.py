@@ -141,6 +141,7 @@ def test_shards_speed_repeats_a_sample_with_hard_links(tmp_path):
     assert repeated(sample, 3, tmp_path / "work") == links  # made once
 
 
+@pytest.mark.slow  # packs through a subprocess and runs every loader: about 15 s
 def test_shards_speed_dry_run_measures_both_sides(cifar_small, tmp_path):
     """Every loader asked for, from the folder and from its shards (packed here with sslight
     pack), in one table with the shards / folder ratio; a loader absent here is skipped."""
