@@ -46,9 +46,7 @@ from PIL import Image
 from loaders.scan import files_key, screen
 from loaders.datasets import EVAL_SPLITS, DataError, Split, discover, prepare_cifar10
 from loaders.images import JPEG_MAGIC, image_size, open_rgb
-
-FORMAT, VERSION = "sslight-shards", 1
-INDEX = "index.json"
+from loaders.shards import FORMAT, INDEX, VERSION  # the format, defined once: where it is read
 STATE = ".pack"  # records of the complete shards of a pack not yet finished
 PACK_ORDER_SEED = 0x9AC4  # the samples' order in a pack: fixed, so a resumed pack continues the same one
 DEFAULT_SHARD_BYTES = 256 << 20
