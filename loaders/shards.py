@@ -287,26 +287,29 @@ def read_text(location: str) -> bytes:
 
 
 def _local_span(shard: Shard, first: int, stop: int) -> Iterator[tuple[int, bytes]]:
+    """Samples ``first..stop-1`` of a local shard, cut out of reads of at most ~CHUNK bytes of their
+    span into one buffer used again for each read: a new buffer per read is a new mapping of CHUNK
+    bytes that the kernel faults in page by page, which made reading from shards twice as slow as
+    reading the same images' files (BENCHMARKS.md)."""
+    buffer = bytearray(CHUNK)
     with open(shard.tar, "rb") as f:
-        yield from _slice_span(shard, first, stop, lambda at, n: os.pread(f.fileno(), n, at))
-
-
-def _slice_span(shard: Shard, first: int, stop: int, read_at) -> Iterator[tuple[int, bytes]]:
-    """Samples ``first..stop-1`` of ``shard`` cut out of reads of at most ~CHUNK bytes of their span."""
-    j = first
-    while j < stop:
-        begin = int(shard.offsets[j])
-        last = j  # the samples of this read: as many whole ones as fit CHUNK (at least one)
-        while last + 1 < stop and shard.offsets[last + 1] + shard.sizes[last + 1] - begin <= CHUNK:
-            last += 1
-        end = int(shard.offsets[last] + shard.sizes[last])
-        data = read_at(begin, end - begin)
-        if len(data) != end - begin:
-            raise OSError(f"{shard.tar}: {len(data)} of {end - begin} bytes at offset {begin}")
-        for k in range(j, last + 1):
-            at = int(shard.offsets[k]) - begin
-            yield k, data[at:at + int(shard.sizes[k])]
-        j = last + 1
+        j = first
+        while j < stop:
+            begin = int(shard.offsets[j])
+            last = j  # the samples of this read: as many whole ones as fit CHUNK (at least one)
+            while last + 1 < stop and shard.offsets[last + 1] + shard.sizes[last + 1] - begin <= CHUNK:
+                last += 1
+            length = int(shard.offsets[last] + shard.sizes[last]) - begin
+            if length > len(buffer):  # one sample larger than CHUNK
+                buffer = bytearray(length)
+            with memoryview(buffer)[:length] as span:
+                got = os.preadv(f.fileno(), [span], begin)
+                if got != length:
+                    raise OSError(f"{shard.tar}: {got} of {length} bytes at offset {begin}")
+                for k in range(j, last + 1):
+                    at = int(shard.offsets[k]) - begin
+                    yield k, bytes(span[at:at + int(shard.sizes[k])])
+            j = last + 1
 
 
 def _remote_span(shard: Shard, first: int, stop: int) -> Iterator[tuple[int, bytes]]:

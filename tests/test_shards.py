@@ -87,6 +87,21 @@ def test_the_cursor_reads_every_batch_as_random_access_does(cifar_packed):
     assert [fresh.read(e, i) for e, i in batches[3]] == [split.read(i) for _, i in batches[3]]
 
 
+@pytest.mark.parametrize("chunk", [300, 5000])
+def test_a_span_read_in_chunks_gives_each_sample_whole(cifar_packed, monkeypatch, chunk):
+    """Reads of a few samples at a time into one reused buffer (5000 bytes: about five CIFAR JPEGs),
+    and samples larger than a read (300 bytes), which grow it."""
+    from loaders import shards
+    split = load_dataset(str(cifar_packed)).train
+    monkeypatch.setattr(shards, "CHUNK", chunk)
+    shard = split.shards[1]
+    assert shard.sizes.min() > 300 and shard.sizes[:10].sum() > 5000
+    start = int(split.starts[1])
+    got = list(shards.iter_span(shard, 3, len(shard.sizes)))
+    assert [j for j, _ in got] == list(range(3, len(shard.sizes)))
+    assert all(data == split.read(start + j) for j, data in got)
+
+
 def test_pack_trains_with_pil_and_nvjpeg_in_workers(cifar_packed):
     dataset = load_dataset(str(cifar_packed))
     assert dataset.classes and len(dataset.train) == 200 and len(dataset.test) == 100
