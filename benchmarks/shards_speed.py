@@ -1,17 +1,21 @@
 """Views-ready images/s of every loader from a folder and from the same images packed into shards,
-side by side in one run: each round measures, per loader, the folder and the shards one after the
-other (which goes first alternates by round), and the ratio shards / folder is taken within a
-round, where the machine's mood is shared; the table gives its median and its range over rounds.
+side by side in one run. Per loader, both sides' loaders run at once and take turns: each turn
+skips the batches its loader prefetched while the other side was timed (the warm-up of
+benchmarks/loader_speed.py), then times ``--batches`` batches; the side that goes first
+alternates by turn. Drift in this machine's speed then falls on both sides alike, where timing
+one side after the other put a difference of several percent between two runs of the same thing.
+The ratio shards / folder is of the two sides' images/s over all their turns, with a 90% interval
+from resampling the pairs of turns.
 
 Usage: python -m benchmarks.shards_speed --data DIR [--shards DIR] [--repeat N] [--work DIR]
        [--shard-size 16M] [--backends pil nvjpeg dali ffcv] [--recipe sslight_cnn]
        [--batch 32] [--batches 10] [--rounds 3] [--csv out.csv]
 
-``--repeat N`` measures on a folder of N hard links to every image of ``--data`` (made once in
-``--work``), so that a small sample fills several shards of a small ``--shard-size``. Without
-``--shards``, the folder is packed with ``sslight pack`` into ``--work`` once, and the time it
-took is printed. Timing is benchmarks/loader_speed.py's: the same warm-up, the same "views
-ready" step (``sslight.augment`` with DINO's settings) in the main process, the same threads.
+``--rounds`` is the number of turns of each side. ``--repeat N`` measures on a folder of N hard
+links to every image of ``--data`` (made once in ``--work``), so that a small sample fills
+several shards of a small ``--shard-size``. Without ``--shards``, the folder is packed with
+``sslight pack`` into ``--work`` once, and the time it took is printed. The "views ready" step is
+loader_speed's (``sslight.augment`` with DINO's settings in the main process, the same threads).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.loader_speed import RECIPES, cycle_epochs, default_main_threads, rate, views_ready, warmup_batches
@@ -56,6 +61,15 @@ def repeated(source: Path, times: int, into: Path) -> Path:
     return target
 
 
+def paired_interval(folder: list[float], shards: list[float], level: float = 0.9) -> tuple[float, float]:
+    """The ``level`` interval of sum(folder) / sum(shards) over resamplings of the turns' pairs
+    (a pair: the two sides' seconds of one turn, timed back to back)."""
+    f, s = np.asarray(folder), np.asarray(shards)
+    picks = np.random.default_rng(0).integers(0, len(f), size=(2000, len(f)))
+    ratios = f[picks].sum(1) / s[picks].sum(1)
+    return tuple(np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2]))
+
+
 def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
@@ -71,7 +85,7 @@ def main(argv: list[str] | None = None) -> Table:
     p.add_argument("--recipe", default="sslight_cnn", choices=sorted(RECIPES))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3, help="every loader is measured on both sides once per round")
+    p.add_argument("--rounds", type=int, default=3, help="the turns each side takes, each of --batches timed batches")
     p.add_argument("--workers", type=int, default=Machine.here().workers,
                    help="default: what make train takes here (data.workers=auto)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -98,56 +112,65 @@ def main(argv: list[str] | None = None) -> Table:
             print(f"skipping {backend}: not installed here")
         else:
             backends.append(backend)
-    failed: dict[tuple[str, str], str] = {}  # (backend, side) -> why it gave no batches: not tried again
+    failed: dict[tuple[str, str], str] = {}  # (backend, side) -> why it gave no batches
+    timed: dict[tuple[str, str], list[float]] = {}  # (backend, side) -> each turn's timed seconds
 
-    def measure(backend: str, side: str, round_: int) -> float | None:
-        if (backend, side) in failed:
-            return None
-        split = splits[side]
-        stream = None
+    def take_turns(backend: str) -> None:
+        streams = {}
         try:
-            loader = build_loader(backend, split, groups, args.batch, 0, device, args.workers)
-            # round r reads from epoch r on: each round times other images (their sizes, so their
-            # decode cost, vary), where epoch 0 in every round would keep one side's sample for all
-            stream = cycle_epochs(lambda epoch: loader.epoch(epoch + round_),
-                                  f"{backend}, --batch {args.batch} with {len(split)} images")
-            return rate(stream, args.batches, args.batch, warmup, augment)
-        except Exception as exc:  # noqa: BLE001 - a loader that refuses this input is a row, not the end
-            failed[backend, side] = one_line(exc)
-            print(f"{backend} from the {side}: no batches ({failed[backend, side]})", flush=True)
-            return None
-        finally:  # its workers gone before the next loader starts (see loader_speed.main)
-            if stream is not None:
+            for side in SIDES:
+                try:
+                    loader = build_loader(backend, splits[side], groups, args.batch, 0, device, args.workers)
+                    streams[side] = cycle_epochs(loader.epoch, f"{backend}, --batch {args.batch} with "
+                                                               f"{len(splits[side])} images")
+                    timed[backend, side] = []
+                except Exception as exc:  # noqa: BLE001 - a loader that refuses this input is a row
+                    failed[backend, side] = one_line(exc)
+            for turn in range(args.rounds):
+                for side in SIDES if turn % 2 == 0 else SIDES[::-1]:
+                    if side not in streams:
+                        continue
+                    try:
+                        ips = rate(streams[side], args.batches, args.batch, warmup, augment)
+                    except Exception as exc:  # noqa: BLE001
+                        failed[backend, side] = one_line(exc)
+                        streams.pop(side).close()
+                        continue
+                    timed[backend, side].append(args.batches * args.batch / ips)
+        finally:  # their workers gone before the next loader starts (see loader_speed.main)
+            for stream in streams.values():
                 stream.close()
             gc.collect()
+        for side in SIDES:
+            if (backend, side) in failed:
+                print(f"{backend} from the {side}: no batches ({failed[backend, side]})", flush=True)
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(default_main_threads(args.workers))
     start = time.perf_counter()
     try:
-        # the side measured first alternates from round to round: a drift of the machine's load
-        # within a round then favours neither
-        rounds = [{(b, s): measure(b, s, r) for b in backends for s in (SIDES if r % 2 == 0 else SIDES[::-1])}
-                  for r in range(args.rounds)]
+        for backend in backends:
+            take_turns(backend)
     finally:
         torch.set_num_threads(previous_threads)
     minutes = (time.perf_counter() - start) / 60
 
-    def median(values):
-        values = [v for v in values if v is not None]
-        return float(torch.tensor(values).median()) if values else None
-
     table = Table(f"views ready from a folder and from shards, {args.recipe}: {groups[0].n}x{groups[0].size} + "
                   f"{groups[1].n}x{groups[1].size}, batch {args.batch}, {args.workers} worker(s), {device.type}; "
                   f"{len(splits['folder'])} images in {folder}, {len(splits['shards'])} in {n_shards} shards in "
-                  f"{shards}; medians of {args.rounds} rounds of {args.batches} batches ({minutes:.1f} min)",
-                  ["loader", "data", "images/s", "views/s", "shards / folder", "rounds' range", "note"])
+                  f"{shards}; {args.rounds} turns of {args.batches} batches per side ({minutes:.1f} min)",
+                  ["loader", "data", "images/s", "views/s", "shards / folder", "90% interval", "note"])
     for b in backends:
+        times = {s: timed.get((b, s)) if (b, s) not in failed else None for s in SIDES}
+        both = times["folder"] and times["shards"]
         for s in SIDES:
-            ips = median([r[b, s] for r in rounds])
-            ratios = [r[b, s] / r[b, "folder"] for r in rounds if r[b, s] is not None and r[b, "folder"] is not None]
-            spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios and s != "folder" else ""
-            table.add(b, s, ips, None if ips is None else ips * n_views, median(ratios), spread,
+            ips = args.batch * args.batches * len(times[s]) / sum(times[s]) if times[s] else None
+            ratio, interval = (1.0, "") if s == "folder" else (None, "")
+            if s == "shards" and both:
+                ratio = sum(times["folder"]) / sum(times["shards"])
+                low, high = paired_interval(times["folder"], times["shards"])
+                interval = f"{low:.2f}-{high:.2f}"
+            table.add(b, s, ips, None if ips is None else ips * n_views, ratio if ips else None, interval,
                       failed.get((b, s), ""))
     return table.emit(args.csv)
 

@@ -156,3 +156,12 @@ def test_shards_speed_dry_run_measures_both_sides(cifar_small, tmp_path):
         assert ips > 0 and views == ips * 8 and note == "", (loader, side, note)
         assert (ratio, spread) == (1.0, "") if side == "folder" else ratio > 0 and spread == f"{ratio:.2f}-{ratio:.2f}"
     assert len(list(tmp_path.glob("*-shards/index.json"))) == 1  # packed into --work
+
+
+def test_shards_speed_interval_holds_the_ratio_and_narrows_with_agreeing_turns():
+    from benchmarks.shards_speed import paired_interval
+
+    folder, shards = [1.0, 1.2, 0.9, 1.1], [1.1, 1.1, 1.0, 1.0]
+    low, high = paired_interval(folder, shards)
+    assert low < sum(folder) / sum(shards) < high
+    assert paired_interval([1.0, 2.0, 3.0], [1.1, 2.2, 3.3]) == pytest.approx((1 / 1.1, 1 / 1.1))
