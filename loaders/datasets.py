@@ -45,6 +45,9 @@ class Split:
         with open(self.files[index], "rb") as f:
             return f.read()
 
+    def read_many(self, indices: list[int]) -> list[bytes]:
+        return [self.read(i) for i in indices]
+
     def subset(self, n: int, seed: int) -> "Split":
         if not n or n >= len(self.files):
             return self
@@ -80,6 +83,9 @@ class Picked:
 
     def read(self, index: int) -> bytes:
         return self.base.read(self.indices[index])
+
+    def read_many(self, indices: list[int]) -> list[bytes | None]:
+        return self.base.read_many([self.indices[i] for i in indices])
 
 
 @dataclass

@@ -137,18 +137,44 @@ class ShardedSplit:
             except (OSError, http.client.HTTPException) as exc:
                 if not is_remote(shard.tar):
                     raise ShardError(f"{shard.tar}: sample {index} unreadable ({exc})") from None
-                if tries == RETRIES - 1:  # the shard's other samples fail at once from now on
-                    self.unreadable.add(s)
-                    print(f"warning: {shard.tar}: unreadable after {RETRIES} tries ({exc}); its samples are "
-                          "left out", file=sys.stderr, flush=True)
+                if tries == RETRIES - 1:
+                    self._give_up(s, f"{shard.tar}: unreadable after {RETRIES} tries ({exc})")
                     raise ShardError(f"{shard.tar}: sample {index} unreadable ({exc})") from None
                 time.sleep(BACKOFF * 2 ** tries)
         raise AssertionError("unreachable")
 
+    def read_many(self, indices: list[int]) -> list[bytes | None]:
+        """The image bytes of ``indices``, with one read per run of consecutive samples of a shard:
+        an evaluation batch, in pack order, is one or two reads (one or two Range requests over
+        HTTP) where :meth:`read` makes one per image. None for each sample of a remote shard that
+        stays unreadable, said once as :meth:`read` says it."""
+        out: list[bytes | None] = [None] * len(indices)
+        k = 0
+        while k < len(indices):
+            s, first = self.locate(indices[k])
+            shard, n = self.shards[s], 1
+            while k + n < len(indices) and first + n < len(shard) and indices[k + n] == indices[k] + n:
+                n += 1
+            if s not in self.unreadable:
+                try:
+                    for j, data in (_remote_span if is_remote(shard.tar) else _local_span)(shard, first, first + n):
+                        out[k + j - first] = data
+                except OSError as exc:  # a local file: a broken disk, not a network to wait for
+                    raise ShardError(f"{shard.tar}: samples {first}-{first + n - 1} unreadable ({exc})") from None
+                except ShardError as exc:  # a remote shard, after its retries
+                    self._give_up(s, str(exc))
+            k += n
+        return out
+
+    def _give_up(self, s: int, why: str) -> None:
+        """The shard's other samples fail at once from now on, in this process."""
+        self.unreadable.add(s)
+        print(f"warning: {why}; its samples are left out", file=sys.stderr, flush=True)
+
     def subset(self, n: int, seed: int) -> "ShardedSplit":
         """The first ``n`` samples in pack order: whole shards, then the head of one. (A folder's
-        subset is a random one; here a prefix keeps reads sequential, and packing already mixed
-        nothing, so ``seed`` is unused: the prefix is the same for every seed.)"""
+        subset is a random one; here a prefix keeps reads sequential, and the pack's order is already
+        a random one, so ``seed`` is unused: the prefix is the same for every seed.)"""
         if not n or n >= len(self):
             return self
         s, j = self.locate(n)

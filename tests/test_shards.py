@@ -128,6 +128,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         path = Path(self.translate_path(self.path))
+        self.server.requested.append(path.name)
         if not path.is_file():
             return self.send_error(404)
         data = path.read_bytes()
@@ -163,9 +164,10 @@ def serve():
 
     def start(root: Path, cut: int = 0, broken=()):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
-        server.cut, server.cut_done, server.broken = cut, set(), set(broken)
+        server.cut, server.cut_done, server.broken, server.requested = cut, set(), set(broken), []
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
+        start.requested = server.requested  # the last server's requests, by file name
         return f"http://127.0.0.1:{server.server_address[1]}/"
 
     yield start
@@ -281,3 +283,23 @@ def test_evaluation_leaves_out_an_unreadable_shard_with_one_warning(cifar_packed
     assert labels.tolist() == [test.labels[i] for i in kept]
     err = capfd.readouterr().err
     assert err.count("000001.tar: unreadable after 5 tries") == 1 and "its samples are left out" in err
+
+
+def test_evaluation_reads_a_batch_over_http_in_one_request_per_shard_it_spans(cifar_packed, serve):
+    """Features over HTTP equal those from disk, from one Range request per run of a batch's
+    samples in a shard: a batch spans one or two shards, so a few requests, not one per image."""
+    from sslight.eval.features import extract
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    local = load_dataset(str(cifar_packed)).test
+    url = serve(cifar_packed)
+    remote = load_dataset(url).test
+    del serve.requested[:]  # the index
+    batch = 16
+    feats, labels = extract(backbone, remote, 32, torch.device("cpu"), torch.float32, 0, batch=batch)
+    expected, expected_labels = extract(backbone, local, 32, torch.device("cpu"), torch.float32, 0, batch=batch)
+    assert torch.equal(feats, expected) and torch.equal(labels, expected_labels)
+    tars = [name for name in serve.requested if name.endswith(".tar")]
+    batches = -(-len(remote) // batch)
+    assert len(remote.shards) >= 2 and batches <= len(tars) <= batches + len(remote.shards) - 1

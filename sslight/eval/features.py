@@ -38,10 +38,16 @@ class EvalImages(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        try:
-            data = self.split.read(i)
-        except DataError:  # a packed shard that stays unreadable over the network (said once, by the split)
-            return None
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch's samples (the DataLoader asks for a batch at once), read together: a packed
+        split reads a run of consecutive samples in one go (``read_many``). None stands for a
+        sample of a packed shard that stays unreadable over the network (said once, by the split)."""
+        return [None if data is None else (self.centre_crop(data), self.split.labels[i])
+                for i, data in zip(indices, self.split.read_many(indices))]
+
+    def centre_crop(self, data: bytes) -> torch.Tensor:
         image = open_rgb(io.BytesIO(data))
         if image.size != (self.size, self.size):
             short = round(self.size * RESIZE_RATIO)
@@ -52,7 +58,7 @@ class EvalImages(torch.utils.data.Dataset):
             image = image.crop((left, top, left + self.size, top + self.size))
         if self.flip:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_uint8_chw(image), self.split.labels[i]
+        return to_uint8_chw(image)
 
     def collate(self, samples):
         """The batch of the samples read: one of an unreadable shard is left out."""
