@@ -17,7 +17,7 @@ import torch
 from loaders.batch import ViewGroup
 from loaders.datasets import load_dataset
 from loaders.registry import build_loader
-from loaders.shard_order import ShardBatchSampler, ShardCursor, ShardPlan, buffer_shuffle
+from loaders.shard_order import ShardBatchSampler, ShardCursor, ShardPlan, _StreamReader, buffer_shuffle
 from loaders.shards import Shard, ShardedSplit
 
 GROUPS = [ViewGroup(2, 32, (0.3, 1.0), (3 / 4, 4 / 3)), ViewGroup(2, 16, (0.05, 0.3), (3 / 4, 4 / 3))]
@@ -72,15 +72,18 @@ def test_a_batch_larger_than_a_stream_is_refused_in_one_line():
 
 
 def test_the_cursor_reads_every_batch_as_random_access_does(cifar_packed):
+    """Both readers of a piece: a local pack's (one pread per sample at its turn) and a remote
+    one's (the piece streamed in order, samples held until their turn), here on the same files."""
     split = load_dataset(str(cifar_packed)).train
     assert len(split.shards) >= 3
     plan = ShardPlan(split, 3, 0, 1, 2, buffer=16)
     sampler, cursor = ShardBatchSampler(plan, 10), ShardCursor(split, plan)
     sampler.set_epoch(1)
     batches = list(sampler)
-    for batch in batches:
+    streams = [_StreamReader(split, piece) for piece in plan.pieces(1)]
+    for b, batch in enumerate(batches):
         for epoch, index in batch:
-            assert cursor.read(epoch, index) == split.read(index)
+            assert cursor.read(epoch, index) == split.read(index) == streams[b % 2].read(index)
     sampler.set_epoch(1, 3)  # a resumed epoch: the same batches from the fourth on
     assert list(sampler) == batches[3:]
     fresh = ShardCursor(split, plan)
@@ -159,16 +162,19 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def serve():
+def http_server():
+    """``start(root, cut=0, broken=())``: a :class:`RangeHandler` server of ``root`` on 127.0.0.1
+    (the first request for each tar cut after ``cut`` bytes; ``broken`` tars never served whole),
+    its address in ``.url`` and the names of the files asked for, in order, in ``.requested``."""
     servers = []
 
-    def start(root: Path, cut: int = 0, broken=()):
+    def start(root: Path, cut: int = 0, broken=()) -> http.server.ThreadingHTTPServer:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
         server.cut, server.cut_done, server.broken, server.requested = cut, set(), set(broken), []
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        start.requested = server.requested  # the last server's requests, by file name
-        return f"http://127.0.0.1:{server.server_address[1]}/"
+        server.url = f"http://127.0.0.1:{server.server_address[1]}/"
+        return server
 
     yield start
     for server in servers:
@@ -181,8 +187,8 @@ def epoch_bytes(dataset, workers: int) -> list[tuple[list[int], torch.Tensor]]:
     return [(b.indices.tolist(), b.views[0]) for b in loader.epoch(0)]
 
 
-def test_shards_over_http_give_the_batches_of_the_local_pack(cifar_packed, serve):
-    url = serve(cifar_packed)
+def test_shards_over_http_give_the_batches_of_the_local_pack(cifar_packed, http_server):
+    url = http_server(cifar_packed).url
     remote = load_dataset(url)
     assert not remote.train.local and len(remote.train) == 200 and remote.classes
     local = epoch_bytes(load_dataset(str(cifar_packed)), 2)
@@ -192,17 +198,17 @@ def test_shards_over_http_give_the_batches_of_the_local_pack(cifar_packed, serve
     assert remote.test.read(7) == load_dataset(str(cifar_packed)).test.read(7)  # random access, as eval reads
 
 
-def test_a_server_that_drops_connections_mid_shard_does_not_stop_the_run(cifar_packed, serve):
-    url = serve(cifar_packed, cut=3000)  # every tar's first request ends after 3000 bytes
+def test_a_server_that_drops_connections_mid_shard_does_not_stop_the_run(cifar_packed, http_server):
+    url = http_server(cifar_packed, cut=3000).url  # every tar's first request ends after 3000 bytes
     local = epoch_bytes(load_dataset(str(cifar_packed)), 0)
     got = epoch_bytes(load_dataset(url), 0)
     assert [i for i, _ in got] == [i for i, _ in local]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, local))
 
 
-def test_a_shard_that_stays_unreadable_is_skipped_with_one_warning(cifar_packed, serve, capfd, monkeypatch):
+def test_a_shard_that_stays_unreadable_is_skipped_with_one_warning(cifar_packed, http_server, capfd, monkeypatch):
     monkeypatch.setattr("loaders.shards.BACKOFF", 0.01)
-    url = serve(cifar_packed, broken={"000001.tar"})
+    url = http_server(cifar_packed, broken={"000001.tar"}).url
     local = epoch_bytes(load_dataset(str(cifar_packed)), 0)
     got = epoch_bytes(load_dataset(url), 0)
     assert [i for i, _ in got] == [i for i, _ in local]  # every step is still taken, at full batch size
@@ -220,10 +226,10 @@ def test_any_url_fsspec_opens_is_read_through_it(cifar_packed):
     assert [i for i, _ in epoch_bytes(remote, 0)] == [i for i, _ in epoch_bytes(local, 0)]
 
 
-def test_a_url_without_a_pack_says_so_in_one_line(tmp_path, serve):
+def test_a_url_without_a_pack_says_so_in_one_line(tmp_path, http_server):
     from loaders.datasets import DataError
 
-    url = serve(tmp_path)
+    url = http_server(tmp_path).url
     with pytest.raises(DataError, match=r"no index\.json; pack a dataset with `sslight pack SRC"):
         load_dataset(url)
 
@@ -269,11 +275,11 @@ def test_a_class_sorted_folder_packs_into_batches_of_many_classes(cifar_packed):
         assert len(set(batch.labels.tolist())) >= 5
 
 
-def test_evaluation_leaves_out_an_unreadable_shard_with_one_warning(cifar_packed, serve, capfd, monkeypatch):
+def test_evaluation_leaves_out_an_unreadable_shard_with_one_warning(cifar_packed, http_server, capfd, monkeypatch):
     from sslight.eval.features import extract
 
     monkeypatch.setattr("loaders.shards.BACKOFF", 0.01)
-    dataset = load_dataset(serve(cifar_packed, broken={"000001.tar"}))
+    dataset = load_dataset(http_server(cifar_packed, broken={"000001.tar"}).url)
     test = dataset.test
     lost = len(test.shards[1])
     backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
@@ -285,7 +291,7 @@ def test_evaluation_leaves_out_an_unreadable_shard_with_one_warning(cifar_packed
     assert err.count("000001.tar: unreadable after 5 tries") == 1 and "its samples are left out" in err
 
 
-def test_evaluation_reads_a_batch_over_http_in_one_request_per_shard_it_spans(cifar_packed, serve):
+def test_evaluation_reads_a_batch_over_http_in_one_request_per_shard_it_spans(cifar_packed, http_server):
     """Features over HTTP equal those from disk, from one Range request per run of a batch's
     samples in a shard: a batch spans one or two shards, so a few requests, not one per image."""
     from sslight.eval.features import extract
@@ -293,13 +299,13 @@ def test_evaluation_reads_a_batch_over_http_in_one_request_per_shard_it_spans(ci
     torch.manual_seed(0)
     backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     local = load_dataset(str(cifar_packed)).test
-    url = serve(cifar_packed)
-    remote = load_dataset(url).test
-    del serve.requested[:]  # the index
+    server = http_server(cifar_packed)
+    remote = load_dataset(server.url).test
+    del server.requested[:]  # the index
     batch = 16
     feats, labels = extract(backbone, remote, 32, torch.device("cpu"), torch.float32, 0, batch=batch)
     expected, expected_labels = extract(backbone, local, 32, torch.device("cpu"), torch.float32, 0, batch=batch)
     assert torch.equal(feats, expected) and torch.equal(labels, expected_labels)
-    tars = [name for name in serve.requested if name.endswith(".tar")]
+    tars = [name for name in server.requested if name.endswith(".tar")]
     batches = -(-len(remote) // batch)
     assert len(remote.shards) >= 2 and batches <= len(tars) <= batches + len(remote.shards) - 1

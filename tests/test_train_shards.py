@@ -6,8 +6,6 @@ packed with its bad files listed, then trained."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import json
 import math
@@ -15,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from sslight.cli import main
 from sslight.train.log import read
 from tests.conftest import TINY
 from tests.test_distributed import read_trace, torchrun
-from tests.test_shards import RangeHandler
+from tests.test_shards import http_server  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_DALI = pytest.mark.skipif(not dali.available(), reason="dali not installed")
@@ -162,26 +159,6 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(cifar_pa
 
 
 # ---- 4: over HTTP, a real server on the loopback ----
-
-@pytest.fixture
-def http_server():
-    """``start(root, cut=0, broken=())``: tests.test_shards' Range-serving file server on 127.0.0.1
-    (the first request for each tar cut after ``cut`` bytes; ``broken`` tars never served whole)."""
-    servers = []
-
-    def start(root: Path, cut: int = 0, broken=()) -> http.server.ThreadingHTTPServer:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
-        server.cut, server.cut_done, server.broken = cut, set(), set(broken)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        server.url = f"http://127.0.0.1:{server.server_address[1]}/"
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
 
 @pytest.mark.slow  # two runs with their kNN: about 10 s
 def test_shards_over_http_train_through_dropped_connections_as_from_disk(cifar_packed, tmp_path, http_server):
