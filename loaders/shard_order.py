@@ -157,7 +157,7 @@ class _LocalReader:
     def _advise(self, turn: int) -> None:
         """Read positions up to ``turn + 2 x window`` asked for, a window at a time, so that the
         samples of the turns to come are in the page cache before they are read."""
-        if turn + self.window <= self.advised:
+        if turn + self.window <= self.advised or not hasattr(os, "posix_fadvise"):  # none on macOS
             return
         begin = max(self.advised, int(self.piece.first_input[turn]))
         end = min(len(self.offsets), turn + 2 * self.window)
