@@ -3,8 +3,8 @@ or over HTTP(S), without listing or stat-ing a single image.
 
 The index (``index.json`` at the root) holds every shard's samples: the byte offset and length of
 each image inside its tar and its label. So a sample is read by its byte range (``pread`` locally,
-an HTTP ``Range`` request remotely) and a run of consecutive samples by one sequential read of
-their span: no tar header is parsed at read time. The tars stay plain WebDataset shards that
+an HTTP ``Range`` request remotely) and a run of consecutive samples by one read of their span:
+no tar header is parsed at read time. The tars stay plain WebDataset shards that
 ``tarfile``, ``webdataset`` and DALI's ``readers.webdataset`` (with the ``.idx`` files beside
 them) read as they are.
 
