@@ -27,9 +27,8 @@ def optional(name, *marks):
     return pytest.param(name, marks=marks) if marks else name
 
 
-GEOMETRY_BACKENDS = [optional(b) for b in ("pil", "nvjpeg", "dali", "ffcv")]
-# FFCV compiles its pipeline with numba for each loader (about 30 s here): its statistics run in the slow set
-STATISTICS_BACKENDS = [*GEOMETRY_BACKENDS[:3], optional("ffcv", pytest.mark.slow)]
+# FFCV compiles its pipeline with numba for each loader (30-40 s here): its runs here are in the slow set
+BACKENDS = [*(optional(b) for b in ("pil", "nvjpeg", "dali")), optional("ffcv", pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,7 @@ def reference_areas(group, n=20000):
                      for _ in range(n)]) / SIDE ** 2
 
 
-@pytest.mark.parametrize("backend", [*GEOMETRY_BACKENDS, "synthetic"])
+@pytest.mark.parametrize("backend", [*BACKENDS, "synthetic"])
 def test_contract_shapes_dtype_layout(backend, coordinate_split):
     loader = build_loader(backend, coordinate_split, GROUPS, 8, 0, torch.device("cpu"), 2)
     batches = list(loader.epoch(0))
@@ -95,7 +94,7 @@ def test_contract_shapes_dtype_layout(backend, coordinate_split):
     assert sorted(seen) == list(range(N_IMAGES))
 
 
-@pytest.mark.parametrize("backend", STATISTICS_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_crop_areas_and_flips_agree_with_reference(backend, coordinate_split):
     """Mean crop area within 4 standard errors of the reference sampler's (0.06 for the 128 global
     views here: a backend sampling another scale range is off by far more), every area inside the
