@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,12 @@ class ShardBatchSampler:
             yield [(self.epoch, int(i)) for i in self.plan.batch(self.epoch, b, self.batch_size)]
 
 
+def _close_all(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
 class _LocalReader:
     """One piece of a local pack: each sample read alone at its turn, the kernel asked to read the
     piece ahead of the turns into the page cache (see the module's docstring)."""
@@ -147,12 +154,13 @@ class _LocalReader:
         self.sizes = np.concatenate([n for _, _, n in runs]) if runs else np.zeros(0, np.int64)
         self.run_starts = np.cumsum([0] + [len(o) for _, o, _ in runs])  # read position of each run
         self.advised = 0  # read positions [0, advised) were asked for
-        self.files: dict[int, object] = {}
+        self.fds: dict[int, int] = {}  # shard -> its open file, closed with the reader
+        weakref.finalize(self, _close_all, self.fds)
 
     def _fd(self, s: int) -> int:
-        if s not in self.files:
-            self.files[s] = open(self.split.shards[s].tar, "rb", buffering=0)
-        return self.files[s].fileno()
+        if s not in self.fds:
+            self.fds[s] = os.open(self.split.shards[s].tar, os.O_RDONLY)
+        return self.fds[s]
 
     def _advise(self, turn: int) -> None:
         """Read positions up to ``turn + 2 x window`` asked for, a window at a time, so that the

@@ -90,6 +90,25 @@ def test_the_cursor_reads_every_batch_as_random_access_does(cifar_packed):
     assert [fresh.read(e, i) for e, i in batches[3]] == [split.read(i) for _, i in batches[3]]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts this process's files in /proc")
+def test_a_local_reader_closes_its_shards_when_its_epoch_ends(cifar_packed):
+    def open_files():
+        return len(os.listdir("/proc/self/fd"))
+
+    split = load_dataset(str(cifar_packed)).train
+    plan = ShardPlan(split, 0, 0, 1, 1, buffer=16)
+    sampler, cursor = ShardBatchSampler(plan, 10), ShardCursor(split, plan)
+    before = open_files()
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            for e, i in batch:
+                cursor.read(e, i)
+        assert before < open_files() <= before + len(split.shards)  # this epoch's; the last one's closed
+    del cursor
+    assert open_files() == before
+
+
 @pytest.mark.parametrize("chunk", [300, 5000])
 def test_a_span_read_in_chunks_gives_each_sample_whole(cifar_packed, monkeypatch, chunk):
     """Reads of a few samples at a time into one reused buffer (5000 bytes: about five CIFAR JPEGs),
