@@ -20,7 +20,7 @@ turn, at most the shuffle buffer's worth (about 110 MB of ImageNet JPEGs). From 
 (:class:`_LocalReader`) it asks the kernel to read the piece ahead into the page cache, a buffer's
 worth at a time (``posix_fadvise``: the disk still sees long sequential reads), and reads each
 sample with one ``pread`` at its turn: it holds no samples, and reads the sample bytes of
-ImageNet-sized images in about 0.7x the time a folder's files take (BENCHMARKS.md).
+ImageNet-sized images in about 0.8x the time a folder's files take (BENCHMARKS.md).
 """
 
 from __future__ import annotations
