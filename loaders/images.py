@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import torch
 from PIL import Image
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -38,7 +37,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def to_uint8_chw(im: Image.Image) -> torch.Tensor:
+def to_uint8_chw(im: Image.Image) -> "torch.Tensor":
+    import torch  # here, not above: the packer reads images with this module and never needs torch
+
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

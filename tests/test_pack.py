@@ -254,6 +254,15 @@ def test_a_killed_pack_resumes_to_the_same_bytes(folder, tmp_path):
     assert tree_bytes(cut) == tree_bytes(whole)
 
 
+def test_sslight_pack_runs_without_torch(folder, tmp_path):
+    """Packing reads and writes bytes: importing torch and torchvision (seconds) would be its start-up."""
+    script = (f"import sys\nfrom sslight.cli import main\n"
+              f"code = main(['pack', {str(folder)!r}, {str(tmp_path / 'shards')!r}])\n"
+              f"print(code, sorted(m for m in ('torch', 'torchvision', 'numba') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
+
+
 def test_ctrl_c_is_one_line_and_the_same_command_goes_on(folder, tmp_path, capsys, monkeypatch):
     import loaders.pack as packer
 
