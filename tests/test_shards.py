@@ -29,11 +29,27 @@ def synthetic_split(counts: list[int]) -> ShardedSplit:
     return ShardedSplit("/nowhere", "train", shards, "k")
 
 
+def pieces(plan: ShardPlan, epoch: int) -> list:
+    return [plan.piece(epoch, w) for w in range(plan.streams)]
+
+
 def test_buffer_shuffle_is_a_permutation_within_its_buffer():
     order = buffer_shuffle(5000, 64, np.random.default_rng(0))
     assert sorted(order.tolist()) == list(range(5000))
     assert (order < np.arange(5000) + 64).all()  # output t was read before input t + buffer
     assert (order != np.arange(5000)).mean() > 0.9
+
+
+@pytest.mark.parametrize("n, buffer", [(0, 16), (5, 16), (16, 16), (17, 16), (3000, 64), (500, 1)])
+def test_buffer_shuffle_equals_a_buffer_filled_and_emptied_step_by_step(n, buffer):
+    held, out = list(range(min(buffer, n))), []
+    rng = np.random.default_rng(n)
+    picks = rng.integers(0, len(held), size=n - len(held)) if held else ()
+    for incoming, pick in zip(range(len(held), n), picks):
+        out.append(held[pick])
+        held[pick] = incoming
+    out.extend(held[i] for i in rng.permutation(len(held)))
+    assert buffer_shuffle(n, buffer, np.random.default_rng(n)).tolist() == out
 
 
 def test_pieces_are_disjoint_equal_and_cover_the_epoch():
@@ -50,19 +66,35 @@ def test_pieces_are_disjoint_equal_and_cover_the_epoch():
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0])) == len(seen[0])
     for rank in range(world):  # a piece is a few runs of consecutive samples
-        for piece in ShardPlan(split, 5, rank, world, workers).pieces(0):
+        for piece in pieces(ShardPlan(split, 5, rank, world, workers), 0):
             assert len(piece.segments) <= 3
             runs = np.diff(piece.inputs) != 1
             assert runs.sum() <= len(piece.segments) - 1
 
 
+def test_each_sample_is_found_at_its_read_position_and_turn():
+    """The lookups the readers use (a bisection over a piece's runs) agree with the plan's arrays;
+    a sample of another rank is no one's."""
+    split = synthetic_split([97, 130, 64, 200, 55, 81, 120])
+    plan = ShardPlan(split, 5, 1, 2, 3, buffer=32)
+    owners, mine = plan.owners(0), set()
+    for w, piece in enumerate(pieces(plan, 0)):
+        for p, i in enumerate(piece.inputs.tolist()):
+            assert piece.position(i) == p and owners.find(i) == (w, p)
+        assert (piece.order[piece.turn_at] == piece.inputs).all()
+        mine |= set(piece.inputs.tolist())
+    for i in sorted(set(range(len(split))) - mine):
+        with pytest.raises(KeyError):
+            owners.find(i)
+
+
 def test_each_epoch_reorders_the_shards_and_the_same_seed_repeats_it():
     split = synthetic_split([50] * 12)
     plan = ShardPlan(split, 0, 0, 1, 2)
-    first = [p.segments for p in plan.pieces(0)]
-    assert first == [p.segments for p in ShardPlan(split, 0, 0, 1, 2).pieces(0)]
-    assert first != [p.segments for p in plan.pieces(1)]
-    assert first != [p.segments for p in ShardPlan(split, 1, 0, 1, 2).pieces(0)]
+    first = [p.segments for p in pieces(plan, 0)]
+    assert first == [p.segments for p in pieces(ShardPlan(split, 0, 0, 1, 2), 0)]
+    assert first != [p.segments for p in pieces(plan, 1)]
+    assert first != [p.segments for p in pieces(ShardPlan(split, 1, 0, 1, 2), 0)]
 
 
 def test_a_batch_larger_than_a_stream_is_refused_in_one_line():
@@ -80,7 +112,7 @@ def test_the_cursor_reads_every_batch_as_random_access_does(cifar_packed):
     sampler, cursor = ShardBatchSampler(plan, 10), ShardCursor(split, plan)
     sampler.set_epoch(1)
     batches = list(sampler)
-    streams = [_StreamReader(split, piece) for piece in plan.pieces(1)]
+    streams = [_StreamReader(split, piece) for piece in pieces(plan, 1)]
     for b, batch in enumerate(batches):
         for epoch, index in batch:
             assert cursor.read(epoch, index) == split.read(index) == streams[b % 2].read(index)
