@@ -125,7 +125,8 @@ class ShardPlan:
     def owners(self, epoch: int) -> Runs:
         """The epoch's samples of this rank -> (worker, read position in its piece)."""
         if self._owners is None or self._owners[0] != epoch:
-            self._owners = (epoch, Runs([run for w in range(self.streams) for run in self._runs(epoch, w)]))
+            self._owners = (epoch, Runs([run for w in range(self.streams)
+                                         for run in self._runs(self._segments(epoch, w), w)]))
         return self._owners[1]
 
     def _segments(self, epoch: int, worker: int) -> list[tuple[int, int, int]]:
@@ -143,9 +144,9 @@ class ShardPlan:
                 break
         return segments
 
-    def _runs(self, epoch: int, worker: int) -> list[tuple[int, int, int, int]]:
+    def _runs(self, segments: list[tuple[int, int, int]], worker: int) -> list[tuple[int, int, int, int]]:
         runs, position = [], 0
-        for s, first, stop in self._segments(epoch, worker):
+        for s, first, stop in segments:
             runs.append((int(self.starts[s]) + first, stop - first, worker, position))
             position += stop - first
         return runs
@@ -159,7 +160,7 @@ class ShardPlan:
         first_input = np.minimum.accumulate(shuffled[::-1])[::-1] if len(shuffled) else shuffled
         turn_at = np.empty_like(shuffled)
         turn_at[shuffled] = np.arange(len(shuffled))
-        return Piece(segments, Runs(self._runs(epoch, worker)), inputs, inputs[shuffled], first_input, turn_at)
+        return Piece(segments, Runs(self._runs(segments, worker)), inputs, inputs[shuffled], first_input, turn_at)
 
     def batches_per_piece(self, batch_size: int) -> int:
         return self.length // batch_size
@@ -273,8 +274,8 @@ class _StreamReader:
 
     def _advance(self, wanted_turn: int) -> tuple[int, bytes | None] | None:
         for index, data in self.stream:
-            self.next_position += 1
-            if self.piece.turn_at[self.next_position - 1] >= wanted_turn:  # earlier turns were served before a resume
+            position, self.next_position = self.next_position, self.next_position + 1
+            if self.piece.turn_at[position] >= wanted_turn:  # earlier turns were served before a resume
                 return index, data
         return None
 
